@@ -1,0 +1,235 @@
+"""The control loop: inputs in, guarded commands out.
+
+`ControlLoop` is clock-agnostic: it is fed chunks and ticked at times taken from the data
+clock. The same object runs on a rig (LSL inlets, real time), in lockstep with the virtual
+patient and over a recorded XDF file (virtual clock), so there is one code path to trust.
+
+Paths, fastest first:
+- operator STOP and a bradycardic beat go straight to the supervisor and out, in `feed`;
+- an exhalation onset opens a respiratory-gated burst, also in `feed`;
+- the control tick estimates the state, asks the policy, guards and sends.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from controller.config import Config
+from controller.estimation import EstimationSettings, StateEstimator
+from controller.outlets import OutputLog
+from controller.policies import make_policy
+from controller.safety import SafetyLimits, SafetySupervisor
+from controller.types import Command, Stimulation, StateEstimate
+from signals.chunk import Chunk
+from signals.ecg import RPeakDetector
+from signals.eda import EDAProcessor
+from signals.events import Event
+from signals.hrv import StreamingHRV
+from signals.ratings import classify_marker
+from signals.resp import RespirationProcessor
+from signals.rr import RRCorrector
+
+
+class TimestampRing:
+    """Recent sample time stamps by absolute sample index, so that a beat confirmed a few
+    chunks after its sample can still be given the time the source stamped on it."""
+
+    def __init__(self, fs: float, seconds: float = 4.0):
+        self.fs = fs
+        self.buf = np.zeros(max(64, int(fs * seconds)))
+        self.count = 0
+
+    def push(self, ts: np.ndarray) -> None:
+        n, size = len(ts), len(self.buf)
+        if n >= size:
+            self.buf[:] = ts[-size:]
+            # keep the ring aligned with absolute indices
+            self.buf = np.roll(self.buf, (self.count + n) % size)
+        else:
+            idx = (self.count + np.arange(n)) % size
+            self.buf[idx] = ts
+        self.count += n
+
+    def time_of(self, index: int) -> float:
+        size = len(self.buf)
+        if index < self.count - size:
+            # older than the ring: extrapolate back at the nominal rate
+            return self.buf[(self.count - size) % size] - (self.count - size - index) / self.fs
+        return float(self.buf[index % size])
+
+
+class ControlLoop:
+    def __init__(self, config: Config, outputs: OutputLog, t0: float):
+        self.config = config
+        self.out = outputs
+        self.t0 = t0
+        self.supervisor = SafetySupervisor(SafetyLimits.from_config(config), t0)
+        self.policy = make_policy(config.policy)
+        self.policy.reset(t0)
+        self.estimator = StateEstimator(EstimationSettings(**config.estimation_kwargs()), t0)
+        self.hrv = StreamingHRV()
+        self.rr_corrector = RRCorrector()
+        self._ecg: RPeakDetector | None = None
+        self._ecg_times: TimestampRing | None = None
+        self._resp: RespirationProcessor | None = None
+        self._eda: EDAProcessor | None = None
+        self.epoch_s = config.epoch_s
+        self._next_epoch = t0 + self.epoch_s
+        self.state = StateEstimate(t=t0)
+        self.proposal: Stimulation = Stimulation()
+        self.last_beat_t: float | None = None
+        self.beats = 0
+        self.gate_until = -math.inf
+        self.gating = config.gating.enabled
+        self.burst_s = config.gating.burst_s
+        self.exhalation_onsets: list[float] = []
+        self.gate_bursts: list[float] = []
+        self.tick_compute_ns: list[int] = []
+        self.n_commands = 0
+
+    # ---- sample and beat paths -------------------------------------------------------------
+    def feed(self, chunk: Chunk) -> None:
+        if len(chunk) == 0:
+            return
+        role = chunk.role
+        if role == "ecg":
+            self._feed_ecg(chunk)
+        elif role == "rr":
+            for t, rr in zip(chunk.timestamps, chunk.data[:, 0]):
+                self._beat(float(t), float(rr))
+        elif role == "resp":
+            self._feed_resp(chunk)
+        elif role == "eda":
+            if self._eda is None or self._eda.fs != self._fs(chunk):
+                self._eda = EDAProcessor(self._fs(chunk))
+            for ev in self._eda.process(chunk.data[:, 0], chunk.timestamps):
+                self._event(ev)
+        elif role in ("ratings", "operator"):
+            for t, text in zip(chunk.timestamps, chunk.data):
+                self._marker(float(t), text if isinstance(text, str) else str(text[0]))
+
+    def _fs(self, chunk: Chunk) -> float:
+        fs = getattr(chunk, "fs", None)
+        if fs:
+            return float(fs)
+        ts = chunk.timestamps
+        return float((len(ts) - 1) / (ts[-1] - ts[0])) if len(ts) > 1 and ts[-1] > ts[0] else 250.0
+
+    def set_input_rate(self, role: str, fs: float) -> None:
+        """Nominal rates from the stream headers; processors reset when a rate changes."""
+        if role == "ecg" and (self._ecg is None or self._ecg.fs != fs):
+            self._ecg = RPeakDetector(fs)
+            self._ecg_times = TimestampRing(fs)
+        elif role == "resp" and (self._resp is None or self._resp.fs != fs):
+            self._resp = RespirationProcessor(fs)
+        elif role == "eda" and (self._eda is None or self._eda.fs != fs):
+            self._eda = EDAProcessor(fs)
+
+    def _feed_ecg(self, chunk: Chunk) -> None:
+        if self._ecg is None:
+            self.set_input_rate("ecg", self._fs(chunk))
+        x = chunk.data[:, 0]
+        self._ecg_times.push(chunk.timestamps)
+        for idx in self._ecg.process(x):
+            t = self._ecg_times.time_of(int(idx))
+            rr = (t - self.last_beat_t) * 1000.0 if self.last_beat_t is not None else float("nan")
+            self._beat(t, rr)
+
+    def _beat(self, t: float, rr_ms: float) -> None:
+        if self.last_beat_t is not None and t <= self.last_beat_t:
+            return
+        self.last_beat_t = t
+        self.beats += 1
+        quality = self._ecg.quality if self._ecg is not None else 1.0
+        self.supervisor.on_signal(t, t, quality)
+        if math.isfinite(rr_ms):
+            cmd, evs = self.supervisor.on_beat(t, rr_ms)
+            self._emit(cmd, evs)
+        ts, rr, _flags = self.rr_corrector.process(np.array([t]))
+        for tb, r in zip(ts, rr):
+            self.hrv.update(float(tb), float(r))
+
+    def _feed_resp(self, chunk: Chunk) -> None:
+        if self._resp is None:
+            self.set_input_rate("resp", self._fs(chunk))
+        for t_on in self._resp.process(chunk.data[:, 0], chunk.timestamps):
+            self.exhalation_onsets.append(t_on)
+            if self.gating:
+                self._gate(float(chunk.timestamps[-1]))
+
+    def _gate(self, t: float) -> None:
+        """A RAVANS-style burst: stimulate for burst_s from the exhalation onset just found."""
+        if not self.proposal.enabled or self.proposal.amplitude_mA <= 0:
+            return
+        self.gate_until = t + self.burst_s
+        self.gate_bursts.append(t)
+        self._guard_and_send(t, self._gated(self.proposal, True))
+
+    def _gated(self, stim: Stimulation, on: bool) -> Stimulation:
+        return replace(stim, enabled=on, train_on_s=self.burst_s,
+                       train_off_s=max(self.burst_s, stim.train_off_s if on else self.burst_s))
+
+    def _marker(self, t: float, text: str) -> None:
+        kind, payload = classify_marker(text)
+        if kind == "operator":
+            cmd, evs = self.supervisor.on_operator(t, payload)
+            self._emit(cmd, evs)
+        elif kind == "rating":
+            from signals.ratings import parse_rating
+            value, ev = parse_rating(text, t, "ratings")
+            if ev is not None:
+                self._event(ev)
+            if value is not None:
+                self.estimator.rating(t, value)
+        elif kind == "side_effect":
+            for ev in self.supervisor.on_side_effect(t, str(payload)):
+                self._event(ev)
+            self.policy.notify_unsafe(t, self.supervisor.last.stim, f"side effect: {payload}")
+        else:
+            self._event(Event(t, "marker.unknown", "ratings", f"unreadable marker {text!r}"))
+
+    # ---- control tick ----------------------------------------------------------------------
+    def tick(self, t: float) -> Command:
+        start = time.perf_counter_ns()
+        quality = self._ecg.quality if self._ecg is not None else 1.0
+        self.supervisor.on_signal(t, self.last_beat_t, quality)
+        feats = self.hrv.features()
+        eda = self._eda.tonic if self._eda is not None else float("nan")
+        resp = self._resp.rate_bpm if self._resp is not None else float("nan")
+        self.state = self.estimator.update(t, feats, eda, resp, quality)
+        if t >= self._next_epoch:
+            self._next_epoch += self.epoch_s
+            for ev in self.policy.on_epoch(t, self.state):
+                self._event(ev)
+        self.proposal = self.policy.decide(t, self.state, self.supervisor.last.stim)
+        stim = self.proposal
+        if self.gating:
+            stim = self._gated(stim, t < self.gate_until and stim.enabled)
+        cmd = self._guard_and_send(t, stim)
+        self.out.send_state(self.state)
+        self.tick_compute_ns.append(time.perf_counter_ns() - start)
+        return cmd
+
+    def _guard_and_send(self, t: float, stim: Stimulation) -> Command:
+        cmd, evs = self.supervisor.guard(t, stim)
+        self._emit(cmd, evs)
+        return cmd
+
+    def _emit(self, cmd: Command | None, events: list[Event]) -> None:
+        if cmd is not None:
+            self.out.send_command(cmd)
+            self.n_commands += 1
+        for ev in events:
+            self._event(ev)
+
+    def _event(self, ev: Event) -> None:
+        self.out.send_event(ev)
+
+    def tick_stats_us(self) -> dict[str, float]:
+        if not self.tick_compute_ns:
+            return {"p50": float("nan"), "p99": float("nan")}
+        a = np.asarray(self.tick_compute_ns) / 1000.0
+        return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99))}

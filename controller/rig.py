@@ -44,16 +44,17 @@ class OperatorWatcher(threading.Thread):
 
 def run_realtime(config: Config, *, seconds: float | None, record: str | None = None,
                  extra_record_ids: list[str] | None = None,
-                 source_id: str | None = None) -> dict:
+                 source_id: str | None = None, resolve_timeout: float = 5.0) -> dict:
     clock = LSLClock()
     specs = [StreamSpec(role=role, **spec) for role, spec in config.stream_specs().items()]
-    source = LSLSource(specs, clock)
+    source = LSLSource(specs, clock, resolve_timeout=resolve_timeout)
     outputs = LSLOutputs(source_id=source_id, tick_hz=config.tick_hz)
     t0 = clock.now()
     loop = ControlLoop(config, outputs, t0)
-    for role, fs in source.nominal_rates().items():
-        if fs > 0:
-            loop.set_input_rate(role, fs)
+    for role, inlet in source.inlets.items():
+        if inlet.fs > 0:
+            loop.set_input_rate(role, inlet.fs)
+    input_ids = [inlet.source_id for inlet in source.inlets.values()]
     lock = threading.Lock()
     stop = threading.Event()
 
@@ -62,14 +63,14 @@ def run_realtime(config: Config, *, seconds: float | None, record: str | None = 
             loop._marker(clock.now(), text)
 
     watcher = None
-    op_inlet = source.take_inlet("operator")
-    if op_inlet is not None:
-        watcher = OperatorWatcher(op_inlet, on_operator, stop)
+    operator = source.inlets.pop("operator", None)  # served by its own thread, not by poll()
+    if operator is not None:
+        watcher = OperatorWatcher(operator.inlet, on_operator, stop)
         watcher.start()
 
     recorder = None
     if record:
-        ids = [*source.source_ids(), *outputs.stream_source_ids.values(), *(extra_record_ids or [])]
+        ids = [*input_ids, *outputs.stream_source_ids.values(), *(extra_record_ids or [])]
         recorder = Recorder(record, ids)
         recorder.start()
 
@@ -130,6 +131,8 @@ def run_realtime(config: Config, *, seconds: float | None, record: str | None = 
         for s, h in old.items():
             signal.signal(s, h)
         source.close()
+        if operator is not None:
+            operator.close()
     return {"loop": loop, "outputs": outputs, "t0": t0, "t_end": t_end,
             "stop_reason": stop_reason, "xdf": str(record) if record else None}
 

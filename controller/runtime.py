@@ -67,7 +67,7 @@ class ControlLoop:
         self.out = outputs
         self.t0 = t0
         self.supervisor = SafetySupervisor(SafetyLimits.from_config(config), t0)
-        self.policy = make_policy(config.policy)
+        self.policy = make_policy(config.policy.kind, getattr(config.policy, config.policy.kind))
         self.policy.reset(t0)
         self.estimator = StateEstimator(EstimationSettings(**config.estimation_kwargs()), t0)
         self.hrv = StreamingHRV()

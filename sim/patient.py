@@ -1,0 +1,157 @@
+"""The virtual patient: owns the model state and advances it over spans of simulated time."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sim import model as m
+from sim.command import OFF, Stimulation
+from sim.envelope import check_command
+from sim.profiles import PatientParams, patient_params
+
+_RATING_TEXT = {**{float(v): f"NRS:{v}" for v in range(11)},
+                float(m.CODE_HOARSENESS): "SIDE_EFFECT:hoarseness",
+                float(m.CODE_COUGH): "SIDE_EFFECT:cough"}
+_EMPTY = np.empty(0)
+
+
+@dataclass
+class PatientOutput:
+    """Everything the patient emitted in (t_prev, t_end]."""
+
+    beat_t: np.ndarray                 # R-peak times, s
+    rr_ms: np.ndarray                  # RR interval ending at each beat, ms
+    ecg_t: np.ndarray                  # empty unless ecg_fs
+    ecg: np.ndarray                    # mV
+    resp_t: np.ndarray
+    resp: np.ndarray                   # a.u.
+    eda_t: np.ndarray
+    eda: np.ndarray                    # µS
+    ratings: list                      # [(t, "NRS:6" | "SIDE_EFFECT:hoarseness" | ...)]
+    exhalation_onsets: np.ndarray      # true exhalation onset times, s
+    truth_t: np.ndarray
+    truth: dict = field(default_factory=dict)   # name -> array on truth_t (model.TRUTH_NAMES)
+
+
+class VirtualPatient:
+    """One simulated patient. `advance(t_end, stim)` holds `stim` over (t, t_end].
+
+    The generator applies the ON/OFF train itself; the train restarts when stimulation is
+    switched on or the duty cycle changes. Two patients in one process never share random state.
+    """
+
+    def __init__(self, profile: str = "fibromyalgia", seed: int = 0, *, ecg_fs=None,
+                 resp_fs: float = 25.0, eda_fs: float = 4.0, t0: float = 0.0,
+                 truth_dt: float = 1.0, params: PatientParams | None = None):
+        self.profile = profile
+        self.seed = int(seed)
+        self.params = params if params is not None else patient_params(profile, seed)
+        self.resp_fs = float(resp_fs)
+        self.eda_fs = float(eda_fs)
+        self.truth_dt = float(truth_dt)
+        if self.truth_dt <= 0.0:
+            raise ValueError("truth_dt must be > 0")
+        self._par = m.with_derived(self.params.as_array())
+        self._st = np.zeros(len(m.STATE_NAMES))
+        self._rng = m.seed_streams(self.seed)
+        m.init_state(self._st, self._rng, self._par, float(t0), self.resp_fs, self.eda_fs,
+                     self.truth_dt)
+        self._stim = OFF
+        self._stim_arr = OFF.as_array()
+        self._offs = np.zeros(12, np.int64)
+        self._cnt = np.zeros(6, np.int64)
+        self.limit_violations = 0
+        self._ecg = None
+        if ecg_fs:
+            from sim.ecg_synth import ECGSynthesizer  # written separately; heavy
+            self._ecg = ECGSynthesizer(ecg_fs, self.seed)
+
+    @property
+    def t(self) -> float:
+        return float(self._st[m.S_T])
+
+    @property
+    def stim(self) -> Stimulation:
+        return self._stim
+
+    @property
+    def counters(self) -> dict[str, int]:
+        c = {k: int(self._st[i]) for k, i in m.COUNTER_SLOTS.items()}
+        c["limit_violations"] = self.limit_violations
+        return c
+
+    rescue_doses = property(lambda self: int(self._st[m.S_RESCUE_DOSES]))
+    bradycardia_events = property(lambda self: int(self._st[m.S_BRADYCARDIA_EVENTS]))
+    asystole_events = property(lambda self: int(self._st[m.S_ASYSTOLE_EVENTS]))
+    discomfort_events = property(lambda self: int(self._st[m.S_DISCOMFORT_EVENTS]))
+
+    def _set_stim(self, stim: Stimulation) -> None:
+        if stim == self._stim:
+            self._stim = stim
+            return
+        if check_command(stim):
+            self.limit_violations += 1
+        prev = self._stim
+        # A generator restarts its train when switched on or when the duty cycle changes;
+        # an amplitude or frequency change takes effect within the running cycle.
+        if stim.enabled and (not prev.enabled or stim.train_on_s != prev.train_on_s
+                             or stim.train_off_s != prev.train_off_s):
+            self._st[m.S_CYCLE_START] = self._st[m.S_T]
+        self._stim = stim
+        self._stim_arr = stim.as_array()
+
+    def advance(self, t_end: float, stim: Stimulation = OFF) -> PatientOutput:
+        if stim is not self._stim:
+            self._set_stim(stim)
+        t = self._st[m.S_T]
+        span = t_end - t
+        if not span >= 0.0:
+            raise ValueError(f"cannot advance from {t} back to {t_end}")
+        # upper bounds of what (t, t_end] can hold, laid out in one block
+        nb = int(span / m.MIN_RR_S) + 3
+        nr = int(span * self.resp_fs) + 2
+        nx = int(span * m.MAX_RESP_BPM / 60.0) + 2
+        ne = int(span * self.eda_fs) + 2
+        nt = int(span / self.truth_dt) + 2
+        nq = int(span / m.DISCOMFORT_GAP_S) + 4
+        o = self._offs
+        o[0] = 0
+        o[1] = nb
+        o[2] = 2 * nb
+        o[3] = o[2] + nr
+        o[4] = o[3] + nr
+        o[5] = o[4] + nx
+        o[6] = o[5] + ne
+        o[7] = o[6] + ne
+        o[8] = o[7] + nt
+        o[9] = nt
+        o[10] = o[8] + m.N_TRUTH * nt
+        o[11] = o[10] + nq
+        out = np.empty(o[11] + nq)
+        c = self._cnt
+        m.advance_kernel(self._st, self._rng, self._par, self._stim_arr, float(t_end), out, o, c)
+        b, r, x, e, n, q = c.tolist()
+        beat_t = out[:b]
+        rr_ms = out[nb:nb + b]
+        if q:
+            ratings = [(float(tq), _RATING_TEXT[code])
+                       for tq, code in zip(out[o[10]:o[10] + q], out[o[11]:o[11] + q])]
+        else:
+            ratings = []
+        tb = o[8]
+        truth = {name: out[tb + k * nt:tb + k * nt + n] for k, name in enumerate(m.TRUTH_NAMES)}
+        if self._ecg is not None:
+            ecg_t, ecg = self._ecg.render(float(t), float(t_end), beat_t, rr_ms)
+        else:
+            ecg_t = ecg = _EMPTY
+        return PatientOutput(beat_t, rr_ms, ecg_t, ecg, out[o[2]:o[2] + r], out[o[3]:o[3] + r],
+                             out[o[5]:o[5] + e], out[o[6]:o[6] + e], ratings,
+                             out[o[4]:o[4] + x], out[o[7]:o[7] + n], truth)
+
+
+def warmup() -> None:
+    """Compile (or load from cache) the kernels before any timed loop."""
+    p = VirtualPatient("fibromyalgia", 1)
+    p.advance(5.0, Stimulation(1.0, 20.0, 250.0, 2.0, 2.0, True))
+    p.advance(10.0, OFF)

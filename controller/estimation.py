@@ -75,9 +75,13 @@ class AutonomicEstimator:
         self.baseline_end = t0 + baseline_s
         self.stats = {k: RunningStats() for k in self.FEATURES}
 
+    # Spectral power needs about a minute of beats and EDA may be absent: readiness rests on
+    # the time-domain indices, the others join the z-scores when they exist.
+    REQUIRED = ("hr", "ln_rmssd")
+
     @property
     def baseline_ready(self) -> bool:
-        return all(s.n >= 3 for k, s in self.stats.items() if k != "eda")
+        return all(self.stats[k].n >= 3 for k in self.REQUIRED)
 
     def update(self, t: float, hr_bpm: float, rmssd_ms: float, lf_ms2: float, hf_ms2: float,
                eda_tonic_uS: float) -> tuple[float, float]:

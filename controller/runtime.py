@@ -70,7 +70,9 @@ class ControlLoop:
         self.policy = make_policy(config.policy.kind, getattr(config.policy, config.policy.kind))
         self.policy.reset(t0)
         self.estimator = StateEstimator(EstimationSettings(**config.estimation_kwargs()), t0)
-        self.hrv = StreamingHRV()
+        # The spectrum feeds a pain observation made every few minutes; recomputing it every
+        # few seconds would dominate the tick.
+        self.hrv = StreamingHRV(freq_every_s=30.0)
         self.rr_corrector = RRCorrector()
         self._ecg: RPeakDetector | None = None
         self._ecg_times: TimestampRing | None = None

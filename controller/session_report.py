@@ -42,7 +42,7 @@ def _channel_labels(stream: dict) -> list[str]:
 def session_from_xdf(path: Path) -> SessionData:
     import pyxdf
 
-    streams, _ = pyxdf.load_xdf(str(path), synchronize_clocks=True, dejitter_timeseries=False)
+    streams, _ = pyxdf.load_xdf(str(path), synchronize_clocks=True, dejitter_timestamps=False)
     by_name = {s["info"]["name"][0]: s for s in streams}
     missing = [n for n in (COMMAND_STREAM, STATE_STREAM) if n not in by_name]
     if missing:

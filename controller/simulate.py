@@ -2,8 +2,9 @@
 
 `simulate(patient, command_source, duration, tick_s)` is the loop: every tick the patient is
 advanced with the command in force, then the command source sees what the patient emitted and
-gives the next command. `--policy open` uses the constant clinical command (the generator does
-the duty cycle); every run also simulates an unstimulated twin with the same seed.
+gives the next command. `vnsloop sim` uses the full controller (`LockstepController`) as the
+command source, whatever the policy; every run also simulates an unstimulated twin with the
+same seed.
 """
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from typing import Callable
 
 import numpy as np
 
+from controller.config import Config, default_config, load_config
+from controller.lockstep import LockstepController, estimate_quality
 from controller.summary import progress
+from controller.types import STATE_CHANNELS
 from sim.command import OFF, Stimulation
 from sim.model import MIN_RR_S
 from sim.patient import PatientOutput, VirtualPatient, warmup
 
-# LivaNova labelling: 1.5 mA, 20 Hz, 250 µs, 30 s on / 5 min off
-OPEN_LOOP = Stimulation(1.5, 20.0, 250.0, 30.0, 300.0, True)
 KEPT_TRUTH = ("pain", "mood", "hr_bpm", "stim_on", "inhibition", "vagal")
 
 CommandSource = Callable[[float, "PatientOutput | None"], Stimulation]
@@ -93,21 +95,34 @@ def _tail_mean(x: np.ndarray, fraction: float = 0.25) -> float:
     return float(np.mean(x[int(len(x) * (1 - fraction)):])) if len(x) else float("nan")
 
 
+def sim_config(args) -> Config:
+    base = load_config(args.config) if getattr(args, "config", None) else default_config()
+    d = base.to_dict()
+    d["policy"]["kind"] = args.policy
+    return Config.from_dict(d)
+
+
 def run_sim_command(args) -> dict:
-    if args.policy != "open":
-        raise ValueError(f"policy {args.policy!r} is not available in sim yet (use --policy open)")
     if args.days is not None:
         duration = args.days * 86400.0
     else:
         duration = (args.hours if args.hours is not None else 24.0) * 3600.0
     if not duration > 0:
-        raise ValueError("duration must be > 0")
+        raise ValueError("duration must be > 0 (--hours or --days)")
+    config = sim_config(args)
     ecg_fs = 500.0 if args.ecg else None
     warmup()
     patient = VirtualPatient(args.profile, args.seed, ecg_fs=ecg_fs)
     twin = VirtualPatient(args.profile, args.seed, ecg_fs=ecg_fs)
-    stim_rec = simulate(patient, constant(OPEN_LOOP), duration, 1.0, label="stimulated")
+    controller = LockstepController(config, patient, use_ecg=args.ecg)
+    stim_rec = simulate(patient, controller, duration, 1.0 / config.tick_hz, label="stimulated")
     base_rec = simulate(twin, constant(OFF), duration, 3600.0, label="baseline twin")
+    state_t, state = controller.out.state_array()
+    col = {name: i for i, name in enumerate(STATE_CHANNELS)}
+    quality = estimate_quality(state_t, state[:, col["pain_mean"]], state[:, col["pain_sd"]],
+                               stim_rec.truth_t, stim_rec.truth["pain"],
+                               skip_s=config.estimation.baseline_s)
+    events = controller.out.events
 
     from controller.report import plot_sim_report
     out_dir = Path(args.out)
@@ -136,5 +151,10 @@ def run_sim_command(args) -> dict:
         "discomfort_events": c["discomfort_events"],
         "limit_violations": c["limit_violations"],
         "stim_duty": float(np.mean(stim_rec.truth["stim_on"])),
+        "safety_interventions": sum(e.kind.startswith("safety.") for e in events),
+        "commands": controller.loop.n_commands,
+        **quality,
+        "tick_p50_us": controller.loop.tick_stats_us()["p50"],
+        "tick_p99_us": controller.loop.tick_stats_us()["p99"],
         "report": str(png),
     }

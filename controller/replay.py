@@ -1,0 +1,580 @@
+"""Offline replay of a recorded XDF session: `vnsloop replay FILE [--realtime]`.
+
+As fast as possible (the default), a fresh `ControlLoop` with an `OutputLog` runs over the
+recording on the data clock:
+- inputs are fed in steps that end at the control ticks, each step holding every sample
+  stamped in (previous tick, this tick] (running maximum of the stamps, so that samples whose
+  stamps go back after a clock reset are still fed once, in file order);
+- ticks fall at exact multiples of 1/tick_hz from the recording's start, or, when the file
+  holds a recorded vnsloop session, at the recorded tick times (the `vnsloop-state` stamps,
+  which the live loop sends once per tick with the tick's time; failing that the command
+  stamps that no immediate-path event claims), so that the same inputs give the same
+  decisions and `decision_mismatches` counts real differences;
+- everything odd about the file (gaps, clock resets, empty or unmapped streams, corruption,
+  odd rates, multichannel inputs) arrives as source events and is forwarded into the log;
+  an exception inside one chunk or tick becomes a `replay.error` event and the replay goes on.
+A data gap longer than `MAX_TICKED_GAP_S` is ticked through for that long (the stale-input
+rule acts on it as it would live) and then skipped to just before the data resume, with a
+`replay.skip` event; the tick phase is kept.
+
+Outputs in --out: `<stem>-replay-commands.csv`, `<stem>-replay-states.csv` (header `t` plus
+COMMAND_CHANNELS / STATE_CHANNELS), `<stem>-replay-events.jsonl` (one `Event` per line) and the
+session report PNG.
+
+`--realtime` re-streams the recording as LSL outlets (names and source_ids get a suffix so
+that they never bind in place of a live device) for a rig to consume, until the end or Ctrl-C.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from controller.config import Config, default_config, load_config
+from controller.outlets import COMMAND_STREAM, EVENTS_STREAM, STATE_STREAM, OutputLog
+from controller.runtime import ControlLoop
+from controller.summary import _clean, progress
+from controller.types import COMMAND_CHANNELS, STATE_CHANNELS
+from signals.chunk import Chunk
+from signals.clock import VirtualClock
+from signals.events import Event
+from signals.xdf_source import MAX_EVENTS_PER_STREAM, XDFRestreamer, XDFSource
+
+MAX_TICKED_GAP_S = 120.0      # tick through this much of a data gap, then skip to the data
+# Tolerances of the decision comparison (the commands are floats sent as double64).
+TOL_AMPLITUDE_MA = 0.02
+TOL_FREQUENCY_HZ = 0.05
+TOL_PULSE_WIDTH_US = 1.0
+TOL_TIME_S = 1e-3             # clock-offset noise between streams of one recording
+IMMEDIATE_KINDS = ("safety.operator", "safety.bradycardia")
+
+_C = {name: i for i, name in enumerate(COMMAND_CHANNELS)}
+
+
+class _Source(XDFSource):
+    """XDFSource with one workaround: a numeric stream with no samples that gets a role (the
+    only candidate for it) made `_role_data` fail on `reshape(0, -1)`; give it an empty
+    (0, 1) array instead, so that the file replays and the stream shows as `xdf.empty_stream`."""
+
+    def _role_data(self, role: str, k: int, channel: int):
+        if len(self._raw[k]["time_stamps"]) == 0 and self.streams[k].channel_format != "string":
+            ts = np.zeros(0)
+            return ts, ts, np.zeros((0, 1))
+        return super()._role_data(role, k, channel)
+
+
+# ---- the comparison ------------------------------------------------------------------------
+
+def compare_decisions(recorded_t, recorded_cmds, replayed_t, replayed_cmds, *,
+                      tol_amplitude_mA: float = TOL_AMPLITUDE_MA,
+                      tol_frequency_Hz: float = TOL_FREQUENCY_HZ,
+                      tol_pulse_width_us: float = TOL_PULSE_WIDTH_US,
+                      tol_time_s: float = TOL_TIME_S) -> int:
+    """How many recorded commands the replay disagrees with.
+
+    A command holds until the next one. For each recorded command (time t, in time order),
+    the replayed command in effect at t (the last one stamped at or before t + tol_time_s) must
+    have the same `enabled` and, when enabled, amplitude, frequency and pulse width within the
+    tolerances (settings of a disabled command do not reach the patient). A recorded command
+    with no replayed command yet in effect counts as a mismatch. Commands are rows in
+    COMMAND_CHANNELS order (seq first); seq numbers are not compared.
+    """
+    rt = np.asarray(recorded_t, float).ravel()
+    pt = np.asarray(replayed_t, float).ravel()
+    rc = np.asarray(recorded_cmds, float).reshape(len(rt), -1) if len(rt) else \
+        np.zeros((0, len(COMMAND_CHANNELS)))
+    pc = np.asarray(replayed_cmds, float).reshape(len(pt), -1) if len(pt) else \
+        np.zeros((0, len(COMMAND_CHANNELS)))
+    if rc.shape[1] != len(COMMAND_CHANNELS) or pc.shape[1] != len(COMMAND_CHANNELS):
+        raise ValueError(f"commands need {len(COMMAND_CHANNELS)} columns ({', '.join(COMMAND_CHANNELS)})")
+    if len(rt) == 0:
+        return 0
+    order = np.argsort(pt, kind="stable")
+    pt, pc = pt[order], pc[order]
+    idx = np.searchsorted(pt, rt + tol_time_s, side="right") - 1
+    mismatches = 0
+    for i, j in enumerate(idx):
+        if j < 0:
+            mismatches += 1
+            continue
+        a, b = rc[i], pc[j]
+        en_a, en_b = a[_C["enabled"]] > 0.5, b[_C["enabled"]] > 0.5
+        if en_a != en_b:
+            mismatches += 1
+        elif en_a and not (
+                _close(a[_C["amplitude_mA"]], b[_C["amplitude_mA"]], tol_amplitude_mA)
+                and _close(a[_C["frequency_Hz"]], b[_C["frequency_Hz"]], tol_frequency_Hz)
+                and _close(a[_C["pulse_width_us"]], b[_C["pulse_width_us"]], tol_pulse_width_us)):
+            mismatches += 1
+    return mismatches
+
+
+def _close(a: float, b: float, tol: float) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return abs(a - b) <= tol
+
+
+# ---- the replay ----------------------------------------------------------------------------
+
+@dataclass
+class ReplayResult:
+    source: XDFSource
+    loop: ControlLoop
+    log: OutputLog
+    tick_times: str                      # "grid" or "recorded"
+    n_ticks: int
+    wall_s: float                        # the feed/tick loop alone
+    setup_s: float                       # loop construction (JIT caches, detector set-up)
+    load_s: float                        # reading the file
+    errors: int = 0
+    recorded_commands: tuple[np.ndarray, np.ndarray] | None = None
+    decision_mismatches: int | None = None
+    skipped_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.source.duration_s)
+
+    @property
+    def realtime_factor(self) -> float:
+        return self.duration_s / self.wall_s if self.wall_s > 0 else float("inf")
+
+
+def parse_role_map(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        role, sep, name = str(item).partition("=")
+        if not sep or not role.strip() or not name.strip():
+            raise ValueError(f"--map {item!r}: expected ROLE=STREAM, e.g. ecg=ECG-lead-II")
+        out[role.strip()] = name.strip()
+    return out
+
+
+def build_config(config_path: str | None, policy: str | None) -> Config:
+    config = load_config(config_path) if config_path else default_config()
+    if policy:
+        config = dataclasses.replace(config, policy=dataclasses.replace(config.policy, kind=policy))
+    return config
+
+
+def _recorded_events(source: XDFSource) -> list[dict]:
+    rec = source.recorded(EVENTS_STREAM)
+    if rec is None:
+        return []
+    out = []
+    for t, row in zip(rec[0], rec[1]):
+        try:
+            d = json.loads(row if isinstance(row, str) else row[0])
+            d["_t"] = float(t)
+            out.append(d)
+        except (ValueError, TypeError, IndexError):
+            continue
+    return out
+
+
+def _recorded_tick_times(source: XDFSource, rec_cmd, rec_events: list[dict]) -> np.ndarray | None:
+    """The live loop's tick times: it sends one state per tick, stamped with the tick time."""
+    st = source.recorded(STATE_STREAM)
+    if st is not None and len(st[0]):
+        return np.maximum.accumulate(np.asarray(st[0], float))
+    if rec_cmd is None or not len(rec_cmd[0]):
+        return None
+    immediate = {int(e["data"]["seq"]) for e in rec_events
+                 if e.get("kind") in IMMEDIATE_KINDS and isinstance(e.get("data"), dict)
+                 and "seq" in e["data"]}
+    seq = rec_cmd[1][:, _C["seq"]]
+    keep = np.array([int(s) not in immediate for s in seq], bool)
+    return np.maximum.accumulate(np.asarray(rec_cmd[0], float)[keep])
+
+
+def _grid_ticks(t0: float, t_end: float, tick_s: float, data_t: np.ndarray) -> tuple[np.ndarray, float, list[tuple[float, float]]]:
+    """Ticks at t0 + k * tick_s up to t_end, thinned inside long data gaps."""
+    n = int(math.floor((t_end - t0) / tick_s + 1e-9))
+    if n <= 0:
+        return np.array([t_end]), 0.0, []
+    if len(data_t) < 2:
+        return t0 + tick_s * np.arange(1, n + 1), 0.0, []
+    d = np.diff(data_t)
+    big = np.flatnonzero(d > MAX_TICKED_GAP_S + 2 * tick_s)
+    if len(big) == 0:
+        return t0 + tick_s * np.arange(1, n + 1), 0.0, []
+    keep = np.ones(n, bool)
+    k = np.arange(1, n + 1)
+    t = t0 + tick_s * k
+    skips, skipped = [], 0.0
+    for i in big:
+        a = data_t[i] + MAX_TICKED_GAP_S         # tick through this much of the gap
+        b = data_t[i + 1] - tick_s               # resume one tick before the data
+        drop = (t > a) & (t < b)
+        if drop.any():
+            keep &= ~drop
+            skips.append((a, b))
+            skipped += b - a
+    return t[keep], skipped, skips
+
+
+def _split(ts_env: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    return np.searchsorted(ts_env, edges, side="right")
+
+
+def replay_file(path: str | Path, config: Config | None = None,
+                role_map: dict[str, str] | None = None, *,
+                tick_times: np.ndarray | str | None = "auto",
+                max_chunk_s: float = 1.0) -> ReplayResult:
+    """Run a fresh controller over the recording as fast as possible (see the module doc).
+
+    `tick_times`: "auto" (recorded ticks when the file holds a vnsloop session, else the grid),
+    "grid", or an explicit array of data-clock times.
+    Raises FileNotFoundError / ValueError for a missing or non-XDF file; nothing else in the
+    file raises.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file")
+    if not p.is_file():
+        raise ValueError(f"{p} is not a file")
+    config = config or default_config()
+    t_load = time.perf_counter()
+    source = _Source(p, role_map)
+    load_s = time.perf_counter() - t_load
+
+    rec_cmd = source.recorded(COMMAND_STREAM)
+    if rec_cmd is not None and rec_cmd[1].shape[1] != len(COMMAND_CHANNELS):
+        source.events.append(Event(source.t_start, "replay.recorded_commands", "replay",
+                                   f"recorded {COMMAND_STREAM} has {rec_cmd[1].shape[1]} channels, "
+                                   f"expected {len(COMMAND_CHANNELS)}: not compared"))
+        rec_cmd = None
+    rec_events = _recorded_events(source)
+    tick_s = 1.0 / config.tick_hz
+
+    # inputs: each role's whole recording, split below at the step edges
+    chunks = {}
+    for c in source.chunks():
+        ok = np.isfinite(c.timestamps)
+        if not ok.all():   # damaged sample data (stamps read as NaN/inf): drop, report
+            source.events.append(Event(source.t_start, "replay.bad_timestamps", c.role,
+                                       f"{c.role}: {int((~ok).sum())} samples with non-finite "
+                                       "time stamps dropped", {"samples": int((~ok).sum())}))
+            idx = np.flatnonzero(ok)
+            c = Chunk(c.role, [c.data[i] for i in idx] if isinstance(c.data, list) else c.data[idx],
+                      c.timestamps[idx])
+        if len(c):
+            chunks[c.role] = c
+    data_t = np.sort(np.concatenate([np.maximum.accumulate(c.timestamps) for c in chunks.values()])) \
+        if chunks else np.zeros(0)
+
+    mode = "grid"
+    skipped, skips = 0.0, []
+    t0 = source.t_start
+    if isinstance(tick_times, np.ndarray) or isinstance(tick_times, (list, tuple)):
+        ticks = np.maximum.accumulate(np.asarray(tick_times, float))
+        mode = "given"
+        if len(ticks):
+            t0 = min(t0, float(ticks[0]) - tick_s)
+    else:
+        ticks = None
+        if tick_times in ("auto", None):
+            ticks = _recorded_tick_times(source, rec_cmd, rec_events)
+        if ticks is not None and len(ticks):
+            mode = "recorded"
+            # the live loop started one tick period before its first tick
+            st = source.recorded(STATE_STREAM)
+            live_tick_s = tick_s
+            if st is not None:
+                fs = next((s.fs for s in source.streams if s.name == STATE_STREAM), 0.0)
+                live_tick_s = 1.0 / fs if fs > 0 else tick_s
+            t0 = float(ticks[0]) - live_tick_s
+        else:
+            ticks, skipped, skips = _grid_ticks(t0, source.t_end, tick_s, data_t)
+    for a, b in skips:
+        source.events.append(Event(a, "replay.skip", "replay",
+                                   f"no input for {b - a + MAX_TICKED_GAP_S:.0f} s: ticking "
+                                   f"stopped after {MAX_TICKED_GAP_S:g} s, resumes at the data",
+                                   {"from": a, "to": b, "skipped_s": b - a}))
+    if "ecg" in chunks:
+        fs_ecg = next((st.fs for st in source.streams if st.role == "ecg"), 0.0)
+        ev_inv = ecg_polarity_event(chunks["ecg"], fs_ecg)
+        if ev_inv is not None:
+            source.events.append(ev_inv)
+    source.events.sort(key=lambda e: e.t)
+    stop_t = next((e["_t"] for e in rec_events if e.get("kind") == "loop.stopped"), None) \
+        if mode == "recorded" else None
+
+    t_setup = time.perf_counter()
+    log = OutputLog()
+    loop = ControlLoop(config, log, t0)
+    for st in source.streams:
+        if st.role in ("ecg", "resp", "eda") and st.fs > 0:
+            try:
+                loop.set_input_rate(st.role, st.fs)
+            except Exception as e:  # an odd header must not stop the replay
+                log.send_event(Event(t0, "replay.error", st.role,
+                                     f"set_input_rate({st.role}, {st.fs}) failed: {e!r}"))
+    setup_s = time.perf_counter() - t_setup
+
+    # step edges: every tick, plus extra edges so that no step holds more than max_chunk_s
+    edges = np.asarray(ticks, float)
+    t_last = max(source.t_end, float(edges[-1]) if len(edges) else source.t_end)
+    if max_chunk_s > 0 and len(data_t):
+        grid = np.arange(source.t_start + max_chunk_s, t_last + max_chunk_s, max_chunk_s)
+        grid = grid[np.searchsorted(data_t, grid - max_chunk_s, side="left") <
+                    np.searchsorted(data_t, grid, side="right")]   # only where data lie
+        edges_all = np.union1d(edges, grid)
+    else:
+        edges_all = edges
+    if not len(edges_all) or edges_all[-1] < source.t_end:
+        edges_all = np.append(edges_all, source.t_end)
+    is_tick = np.isin(edges_all, edges)
+    split = {role: (c, _split(np.maximum.accumulate(c.timestamps), edges_all))
+             for role, c in chunks.items()}
+    ev = source.events
+    ev_t = np.array([e.t for e in ev]) if ev else np.zeros(0)
+    ev_split = np.searchsorted(ev_t, edges_all, side="right")
+
+    clock = VirtualClock(t0)
+    errors = 0
+    n_ticks = 0
+    pos = dict.fromkeys(chunks, 0)
+    ev_pos = 0
+    # events stamped before the loop's start (file-level) go first
+    t_wall = time.perf_counter()
+    for k, t_edge in enumerate(edges_all):
+        if t_edge > clock.now():
+            clock.advance_to(float(t_edge))
+        j = ev_split[k]
+        for e in ev[ev_pos:j]:
+            log.send_event(e)
+        ev_pos = j
+        for role, (c, cut) in split.items():
+            i0, i1 = pos[role], int(cut[k])
+            if i1 > i0:
+                pos[role] = i1
+                data = c.data[i0:i1]
+                try:
+                    loop.feed(Chunk(role, data, c.timestamps[i0:i1]))
+                except Exception as e:
+                    errors += 1
+                    log.send_event(Event(float(c.timestamps[i1 - 1]), "replay.error", role,
+                                         f"{role} chunk of {i1 - i0} samples failed: {e!r}",
+                                         {"samples": i1 - i0}))
+        if stop_t is not None and t_edge >= stop_t:
+            _final_stop(loop, stop_t)
+            stop_t = None
+        if is_tick[k]:
+            try:
+                loop.tick(float(t_edge))
+            except Exception as e:
+                errors += 1
+                log.send_event(Event(float(t_edge), "replay.error", "runtime",
+                                     f"tick failed: {e!r}"))
+            n_ticks += 1
+    # whatever is left (samples stamped after the last edge, late events)
+    for role, (c, cut) in split.items():
+        if pos[role] < len(c):
+            try:
+                loop.feed(Chunk(role, c.data[pos[role]:], c.timestamps[pos[role]:]))
+            except Exception as e:
+                errors += 1
+                log.send_event(Event(source.t_end, "replay.error", role, f"last chunk failed: {e!r}"))
+    for e in ev[ev_pos:]:
+        log.send_event(e)
+    if stop_t is not None:
+        _final_stop(loop, stop_t)
+    wall_s = time.perf_counter() - t_wall
+
+    res = ReplayResult(source=source, loop=loop, log=log, tick_times=mode, n_ticks=n_ticks,
+                       wall_s=wall_s, setup_s=setup_s, load_s=load_s, errors=errors,
+                       recorded_commands=rec_cmd, skipped_s=skipped)
+    if rec_cmd is not None and len(rec_cmd[0]):
+        rt, rc = log.command_array()
+        res.decision_mismatches = compare_decisions(rec_cmd[0], rec_cmd[1], rt, rc)
+    return res
+
+
+def ecg_polarity_event(chunk: Chunk, fs: float) -> Event | None:
+    """An `replay.ecg_inverted` event when the lead looks inverted (R waves pointing down):
+    after removing each second's median, the deepest excursions outweigh the highest ones."""
+    x = np.asarray(chunk.data, float)[:, 0]
+    n = int(fs) if fs > 0 else 250
+    m = (len(x) // n) * n
+    if m < 4 * n:
+        return None
+    blocks = x[:m].reshape(-1, n)
+    good = np.all(np.isfinite(blocks), axis=1)
+    if good.sum() < 4:
+        return None
+    b = blocks[good]
+    d = b - np.median(b, axis=1, keepdims=True)
+    hi, lo = np.percentile(d, 99.5), -np.percentile(d, 0.5)
+    if lo > 1.5 * hi and lo > 0:
+        return Event(float(chunk.timestamps[0]), "replay.ecg_inverted", "ecg",
+                     f"ECG looks inverted (downward peaks {lo:.3g} vs upward {hi:.3g}); the "
+                     "detector is polarity-blind, but check the lead", {"down": lo, "up": hi})
+    return None
+
+
+def _final_stop(loop: ControlLoop, t: float) -> None:
+    """The live loop's last act (controller.rig): an operator-style STOP as it ends."""
+    cmd, evs = loop.supervisor.on_operator(t, "STOP")
+    loop._emit(cmd, evs)
+    loop._event(Event(t, "loop.stopped", "replay", "loop stopped: end of the recorded session"))
+
+
+# ---- outputs -------------------------------------------------------------------------------
+
+def _write_csv(path: Path, header: tuple[str, ...], t: np.ndarray, rows: np.ndarray) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(("t", *header))
+        for ti, row in zip(t.tolist(), rows.tolist()):
+            w.writerow([repr(ti), *("" if v != v else repr(v) for v in row)])
+    return path
+
+
+def _event_line(ev: Event) -> str:
+    try:
+        return ev.to_json()
+    except (ValueError, TypeError):
+        return json.dumps(_clean(ev.to_dict()), default=str, allow_nan=False)
+
+
+def write_outputs(res: ReplayResult, out_dir: str | Path, stem: str | None = None) -> dict[str, str]:
+    from controller.session_report import SessionData, plot_session
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = stem or res.source.path.stem
+    ct, c = res.log.command_array()
+    st, s = res.log.state_array()
+    files = {
+        "commands_csv": _write_csv(out / f"{stem}-replay-commands.csv", COMMAND_CHANNELS, ct, c),
+        "states_csv": _write_csv(out / f"{stem}-replay-states.csv", STATE_CHANNELS, st, s),
+    }
+    ej = out / f"{stem}-replay-events.jsonl"
+    with ej.open("w") as fh:
+        for ev in res.log.events:
+            fh.write(_event_line(ev) + "\n")
+    files["events_jsonl"] = ej
+    data = SessionData(st, s, ct, c, [(e.t, e.kind) for e in res.log.events],
+                       title=f"vnsloop replay {res.source.path.name} ({res.loop.policy.name} policy)"
+                       if hasattr(res.loop.policy, "name") else f"vnsloop replay {res.source.path.name}")
+    png = out / f"{stem}-replay-report.png"
+    try:
+        files["report"] = plot_session(data, png)
+    except Exception as e:   # a report problem must not hide the replay's results
+        progress(f"replay: report failed: {e!r}")
+        files["report"] = None
+    return {k: (str(v) if v is not None else None) for k, v in files.items()}
+
+
+def count_gaps(events: list[Event]) -> int:
+    n = 0
+    for e in events:
+        if e.kind == "xdf.gap":
+            n += int(e.data["n_gaps"]) - MAX_EVENTS_PER_STREAM if "n_gaps" in e.data else 1
+    return max(n, 0)
+
+
+def summarize(res: ReplayResult) -> dict:
+    kinds: dict[str, int] = {}
+    for e in res.log.events:
+        kinds[e.kind] = kinds.get(e.kind, 0) + 1
+    return {
+        "file": str(res.source.path),
+        "roles": {r: res.source.streams[k].name for r, k in res.source.roles.items()},
+        "duration_s": res.duration_s,
+        "wall_s": res.wall_s,
+        "realtime_factor": res.realtime_factor,
+        "load_s": res.load_s,
+        "setup_s": res.setup_s,
+        "ticks": res.n_ticks,
+        "tick_times": res.tick_times,
+        "beats": res.loop.beats,
+        "gaps": count_gaps(res.source.events),
+        "commands": len(res.log.commands),
+        "events": len(res.log.events),
+        "event_kinds": kinds,
+        "errors": res.errors,
+        "skipped_s": res.skipped_s,
+        "recorded_commands": None if res.recorded_commands is None else int(len(res.recorded_commands[0])),
+        "decision_mismatches": res.decision_mismatches,
+    }
+
+
+# ---- real-time re-streaming ----------------------------------------------------------------
+
+def restream(path: str | Path, *, suffix: str | None = None, seconds: float | None = None) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file")
+    suffix = suffix or f"-replay-{uuid.uuid4().hex[:6]}"
+    rs = XDFRestreamer(p, suffix=suffix)
+    src = rs.source
+    streamed = [{"name": st.name + suffix, "type": st.type, "source_id": (st.source_id or st.name) + suffix,
+                 "fs": st.fs, "channels": st.channel_count, "samples": st.n_samples}
+                for st in src.streams if st.n_samples and not st.name.startswith("vnsloop-")]
+    progress(f"replay --realtime: {p.name}, {src.duration_s:.1f} s, streaming "
+             + ", ".join(s["name"] for s in streamed) + "  (Ctrl-C stops)")
+    err: list[BaseException] = []
+
+    def run():
+        try:
+            rs.run(seconds)
+        except BaseException as e:  # reported below
+            err.append(e)
+
+    th = threading.Thread(target=run, daemon=True, name="xdf-restreamer")
+    t_start = time.monotonic()
+    th.start()
+    interrupted = False
+    try:
+        next_p = 10.0
+        while th.is_alive():
+            th.join(0.2)
+            el = time.monotonic() - t_start
+            if el >= next_p:
+                progress(f"  streamed {el:6.1f} / {src.duration_s:.1f} s")
+                next_p += 10.0
+    except KeyboardInterrupt:
+        interrupted = True
+        rs.stop()
+        th.join(2.0)
+    elapsed = time.monotonic() - t_start
+    rs.close()
+    if err:
+        raise RuntimeError(f"re-streaming failed: {err[0]!r}")
+    return {"file": str(p), "realtime": True, "suffix": suffix, "streams": streamed,
+            "duration_s": src.duration_s, "streamed_s": elapsed, "interrupted": interrupted,
+            "_table_keys": ["file", "suffix", "duration_s", "streamed_s", "interrupted"]}
+
+
+# ---- the command ---------------------------------------------------------------------------
+
+def run_replay_command(args) -> dict:
+    path = Path(args.file)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if getattr(args, "realtime", False):
+        return restream(path)
+    role_map = parse_role_map(getattr(args, "map", None))
+    config = build_config(getattr(args, "config", None), getattr(args, "policy", None))
+    progress(f"replay: {path.name} ({config.policy.kind} policy, tick {config.tick_hz:g} Hz)")
+    res = replay_file(path, config, role_map)
+    out = summarize(res)
+    out.update(write_outputs(res, getattr(args, "out", "reports") or "reports"))
+    progress(f"replay: {out['duration_s']:.1f} s of data in {out['wall_s']:.3f} s "
+             f"({out['realtime_factor']:.0f}x real time), {out['beats']} beats, "
+             f"{out['commands']} commands, {out['events']} events")
+    out["_table_keys"] = ["file", "duration_s", "wall_s", "realtime_factor", "beats", "gaps",
+                          "commands", "events", "errors", "decision_mismatches", "report"]
+    return out

@@ -1,0 +1,159 @@
+"""Safe Bayesian optimisation on synthetic patients with a known optimum and unsafe region."""
+import math
+
+import numpy as np
+import pytest
+
+from controller.bayes import BayesSettings, GridGP, SafeBayesPolicy, matern52
+from controller.types import Stimulation, StateEstimate
+
+HR_LIMIT = 5.0    # BayesSettings.hr_max_drop_bpm
+
+
+def relief(f, a):
+    """Pain reduction (NRS) peaked at (20 Hz, 2.0 mA)."""
+    return 3.0 * np.exp(-((f - 20.0) / 8.0) ** 2 - ((a - 2.0) / 0.7) ** 2)
+
+
+def hr_drop(f, a):
+    """Heart-rate change in trains: violates the -5 bpm limit above 2.8 mA."""
+    return -HR_LIMIT * (a / 2.8) ** 4
+
+
+def optimise(seed, epochs=30, acquisition="safeopt", objective=relief, **kw):
+    rng = np.random.default_rng(100 + seed)
+    pol = SafeBayesPolicy(BayesSettings(acquisition=acquisition, rng_seed=seed, **kw))
+    params = pol.current
+    tried = []
+    for _ in range(epochs):
+        if params is None:
+            break
+        f, a = params["frequency_Hz"], params["amplitude_mA"]
+        tried.append((f, a))
+        pol.tell(params, objective(f, a) + 0.3 * rng.standard_normal(),
+                 hr_drop(f, a) + 0.5 * rng.standard_normal())
+        if pol.non_responder and not hasattr(pol, "flagged_at"):
+            pol.flagged_at = len(tried)
+        params = pol.ask()
+    return pol, tried
+
+
+def test_incremental_gp_matches_batch_posterior():
+    rng = np.random.default_rng(0)
+    grid = rng.random((50, 2))
+    ls = np.array([0.3, 0.2])
+    gp = GridGP(grid, ls, signal_sd=2.0, noise_sd=0.5, prior_mean=1.0, capacity=2)
+    X, y = rng.random((12, 2)), rng.standard_normal(12)
+    for x, v in zip(X, y):
+        gp.add(x, v)
+    K = 4.0 * matern52(X / ls, X / ls) + 0.25 * np.eye(12)
+    Ks = 4.0 * matern52(grid / ls, X / ls)
+    mean = 1.0 + Ks @ np.linalg.solve(K, y - 1.0)
+    var = 4.0 - np.einsum("ij,ji->i", Ks, np.linalg.solve(K, Ks.T))
+    assert np.allclose(gp.mean, mean, atol=1e-9)
+    assert np.allclose(gp.var, var, atol=1e-9)
+    cov = 4.0 * matern52(grid[:5] / ls, grid[5:9] / ls) - Ks[:5] @ np.linalg.solve(K, Ks[5:9].T)
+    assert np.allclose(gp.cov(np.arange(5), np.arange(5, 9)), cov, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_safeopt_finds_optimum_and_never_tries_unsafe(seed):
+    pol, tried = optimise(seed)
+    assert sum(hr_drop(f, a) < -HR_LIMIT for f, a in tried) == 0
+    best = pol.best_params
+    assert relief(best["frequency_Hz"], best["amplitude_mA"]) >= 0.9 * 3.0
+    assert not pol.non_responder
+    # amplitude rises by at most max_amp_step_mA between epochs
+    assert max(np.diff([a for _, a in tried])) <= 0.5 + 1e-9
+
+
+@pytest.mark.parametrize("acquisition", ["safeopt", "thompson", "ucb"])
+def test_same_seed_same_decisions(acquisition):
+    _, a = optimise(3, epochs=15, acquisition=acquisition)
+    _, b = optimise(3, epochs=15, acquisition=acquisition)
+    assert a == b
+
+
+def test_thompson_explores_safely_and_finds_relief():
+    hits = 0
+    for seed in (0, 1, 2):
+        pol, tried = optimise(seed, epochs=40, acquisition="thompson")
+        assert sum(hr_drop(f, a) < -HR_LIMIT for f, a in tried) == 0
+        best = pol.best_params
+        hits += relief(best["frequency_Hz"], best["amplitude_mA"]) >= 0.8 * 3.0
+    assert hits >= 2
+    # different seeds draw differently
+    assert optimise(0, 10, "thompson")[1] != optimise(1, 10, "thompson")[1]
+
+
+def test_non_responder_flagged_and_amplitude_not_pushed():
+    for seed in (0, 1):
+        pol, tried = optimise(seed, epochs=30, objective=lambda f, a: 0.0)
+        assert pol.non_responder
+        assert pol.flagged_at <= 25
+        assert set(tried[pol.flagged_at:]) == {(20.0, 0.5)}   # back to the low seed
+        assert max(a for _, a in tried) < 2.0            # well below the 3.5 mA cap
+        assert pol.current["amplitude_mA"] == pol.settings.seed_amplitude_mA
+    off = optimise(0, epochs=30, objective=lambda f, a: 0.0, fallback="off")[0]
+    assert off.non_responder and off.current is None and not off.stimulation(off.current).enabled
+
+
+def test_discomfort_steps_down_and_region_becomes_unsafe():
+    pol, _ = optimise(0, epochs=20)
+    here = pol.current
+    stim = pol.stimulation(here)
+    pol.notify_unsafe(1000.0, stim, "side effect: hoarseness")
+    assert pol.current is None or pol.current["amplitude_mA"] < here["amplitude_mA"]
+    assert not pol.safe_mask()[pol.nearest(here)]
+    for _ in range(10):
+        nxt = pol.ask()
+        assert nxt is None or nxt != here
+        pol.tell(nxt, 0.0, -1.0)
+
+
+def test_policy_interface_over_epochs():
+    """decide/on_epoch as the runtime drives them: the objective is the pain drop over the
+    epoch, the constraint the heart-rate change measured in trains."""
+    s = BayesSettings(train_on_s=30.0, train_off_s=60.0)
+    pol = SafeBayesPolicy(s)
+    pol.reset(0.0)
+    current, t_on, pain = Stimulation(), None, 6.0
+    events = []
+    for k in range(3 * 600 + 120):
+        t = float(k)
+        if current.enabled and t_on is None:
+            t_on = t
+        in_train = t_on is not None and (t - t_on) % 90.0 < 30.0
+        a = current.amplitude_mA
+        pain -= relief(current.frequency_Hz, a) / 600.0 if current.enabled else 0.0
+        state = StateEstimate(t=t, hr_bpm=70.0 + (hr_drop(20.0, a) if in_train else 0.0),
+                              pain_mean=pain, pain_sd=0.2, baseline_ready=t >= 60)
+        if k > 0 and k % 600 == 0:
+            events += pol.on_epoch(t, state)
+        current = pol.decide(t, state, current)
+        if t < 60:
+            assert not current.enabled
+        else:
+            assert current.enabled and current.train_on_s == 30.0 and current.train_off_s == 60.0
+    assert [e.kind for e in events] == ["policy.decision"] * 3
+    assert len(pol.history) == 3
+    params, objective, constraints = pol.history[0]
+    assert params["amplitude_mA"] == pytest.approx(0.5)
+    assert objective == pytest.approx(relief(20.0, 0.5) * 540 / 600, rel=1e-6)
+    assert constraints["hr_change_bpm"] == pytest.approx(hr_drop(20.0, 0.5), abs=1e-9)
+    for e in events:
+        e.to_json()
+
+
+def test_on_epoch_reports_non_responder_once():
+    pol = SafeBayesPolicy(BayesSettings(non_responder_epochs=3, non_responder_min_amp_mA=0.5))
+    pol.reset(0.0)
+    state = StateEstimate(t=0.0, hr_bpm=70.0, pain_mean=6.0, pain_sd=0.1, baseline_ready=True)
+    pol.decide(0.0, state, Stimulation())
+    kinds = []
+    for k in range(1, 8):
+        kinds += [e.kind for e in pol.on_epoch(600.0 * k, state)]
+        pol.decide(600.0 * k, state, pol.stimulation(pol.current))
+    assert kinds.count("policy.non_responder") == 1
+    assert pol.non_responder
+    assert pol.current["amplitude_mA"] == pytest.approx(0.5)

@@ -104,7 +104,7 @@ class GatingConfig:
 class EstimationConfig:
     """Fields of `controller.estimation.EstimationSettings`."""
 
-    baseline_s: float = spec(300.0, 30.0, 7200.0, "s", "the patient's own reference period")
+    baseline_s: float = spec(300.0, 10.0, 7200.0, "s", "the patient's own reference period")
     pain_prior_mean: float = spec(5.0, 0.0, 10.0, "NRS")
     pain_prior_sd: float = spec(2.5, 0.1, 10.0, "NRS")
     pain_tau_s: float = spec(4 * 3600.0, 60.0, 30 * 86400.0, "s")

@@ -24,6 +24,7 @@ class LockstepController:
             self.loop.set_input_rate("ecg", patient.ecg_fs)
         self.loop.set_input_rate("resp", patient.resp_fs)
         self.loop.set_input_rate("eda", patient.eda_fs)
+        self.true_exhalation_onsets: list[float] = []   # ground truth, for the gating report
 
     def __call__(self, t: float, out: PatientOutput | None) -> PatientStimulation:
         if out is not None:
@@ -33,6 +34,7 @@ class LockstepController:
 
     def feed(self, out: PatientOutput) -> None:
         loop = self.loop
+        self.true_exhalation_onsets.extend(out.exhalation_onsets.tolist())
         if self.use_ecg:
             loop.feed(Chunk("ecg", out.ecg[:, None], out.ecg_t))
         else:
@@ -58,3 +60,13 @@ def estimate_quality(state_t: np.ndarray, pain_mean: np.ndarray, pain_sd: np.nda
     corr = float(np.corrcoef(m, truth)[0, 1])
     coverage = float(np.mean(np.abs(truth - m) <= 1.645 * s))
     return {"pain_estimate_corr": corr, "pain_interval_coverage": coverage}
+
+
+def gating_delays(bursts: list[float], true_onsets: list[float]) -> np.ndarray:
+    """Delay of each gated burst after the true exhalation onset it answers (the latest one
+    before it), in seconds."""
+    onsets = np.asarray(true_onsets)
+    b = np.asarray(bursts)
+    idx = np.searchsorted(onsets, b) - 1
+    ok = idx >= 0
+    return b[ok] - onsets[idx[ok]]

@@ -8,7 +8,7 @@ parameters and the amplitude, never switch trains on and off per tick.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping, Protocol
 
 from controller.pid import PID
@@ -170,7 +170,14 @@ class OpenLoopPolicy:
         return []
 
     def notify_unsafe(self, t: float, stim: Stimulation, reason: str) -> None:
-        """Open loop does not adapt; the supervisor's step-down stands on its own."""
+        """Open loop does not adapt; the step-down comes through `set_amplitude_limit`."""
+
+    def set_amplitude_limit(self, amp_max_mA: float) -> None:
+        """As a clinician would after a side effect: stay at the envelope's current cap."""
+        s = self.settings
+        amp = min(s.amplitude_mA, max(float(amp_max_mA), 0.0))
+        if amp != self.stim.amplitude_mA:
+            self.stim = replace(self.stim, amplitude_mA=amp)
 
 
 # ---- PID -----------------------------------------------------------------------------------

@@ -206,6 +206,12 @@ class ControlLoop:
             self._next_epoch += self.epoch_s
             for ev in self.policy.on_epoch(t, self.state):
                 self._event(ev)
+        # Policies that adapt amplitude work inside the envelope's current cap (charge limit,
+        # regions marked unsafe by side effects), so that the supervisor need not clamp them.
+        set_limit = getattr(self.policy, "set_amplitude_limit", None)
+        if set_limit is not None:
+            set_limit(self.supervisor.amplitude_ceiling(self.proposal.frequency_Hz,
+                                                        self.proposal.pulse_width_us))
         self.proposal = self.policy.decide(t, self.state, self.supervisor.last.stim)
         stim = self.proposal
         if self.gating:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +40,10 @@ ABS_RAMP_UP_MA_PER_S = 0.05
 ABS_RAMP_DOWN_MA_PER_S = 0.25
 ABS_TRAIN_ON_MAX_S = 60.0
 ABS_DUTY_MAX = 0.5               # also gives OFF >= ON
+# Ectopic beats: a beat this early against recent normal beats is premature, and the long
+# interval after it is compensatory when the pair spans at most this many normal intervals.
+PREMATURE_RATIO = 0.8
+COMPENSATORY_PAIR_MAX = 2.2
 ABS_BRADY_HR_MIN_BPM = 50.0      # a config may only raise it
 ABS_RR_PAUSE_MAX_S = 2.5         # a config may only shorten it
 ABS_LOCKOUT_MIN_S = 600.0        # a config may only lengthen it
@@ -543,6 +548,8 @@ class SafetySupervisor:
         S[S_CYC], S[S_LAST_ON_END], S[S_LAST_ON_LEN] = t0, -np.inf, 0.0
         S[S_ACC_T], S[S_BSEC], S[S_NREG] = t0, math.floor(t0), 0.0
         self._seq = 0
+        self._prev_rr = float("nan")
+        self._recent_rr: deque[float] = deque(maxlen=8)   # recent normal intervals, ms
         self.last = Command(0, t0, Stimulation.from_array(S[S_A:S_EN + 1]))
         self.unsafe_regions: list[UnsafeRegion] = []
         self._pending: list[Event] = []
@@ -606,7 +613,11 @@ class SafetySupervisor:
         if math.isfinite(t) and not (S[S_LAST_BEAT] >= t):
             S[S_LAST_BEAT] = t
         hr = 60000.0 / rr
+        prev, self._prev_rr = self._prev_rr, rr
         if hr >= self.limits.bradycardia_hr_min_bpm and rr <= self.limits.rr_pause_max_s * 1000:
+            self._recent_rr.append(rr)
+            return None, []
+        if self._compensatory(prev, rr):
             return None, []
         was_locked = t < S[S_LOCK]
         tt = float(_force_off(t, S, self._B))
@@ -625,6 +636,15 @@ class SafetySupervisor:
                                  "lockout_until": float(S[S_LOCK]), "seq": cmd.seq,
                                  "after": _stim_dict(cmd.stim)}))
         return cmd, events
+
+    def _compensatory(self, prev: float, rr: float) -> bool:
+        """The long interval after a premature (ectopic) beat is not bradycardia: the pair
+        spans about two normal beats. Pauses beyond the pause limit always count."""
+        if rr > self.limits.rr_pause_max_s * 1000 or len(self._recent_rr) < 4:
+            return False
+        normal = float(np.median(self._recent_rr))
+        return (prev < PREMATURE_RATIO * normal
+                and prev + rr <= COMPENSATORY_PAIR_MAX * normal)
 
     def on_operator(self, t: float, text: str) -> tuple[Command | None, list[Event]]:
         word = str(text).strip().upper()

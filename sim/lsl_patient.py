@@ -60,13 +60,15 @@ class LSLPatient:
 
     def __init__(self, patient: VirtualPatient, prefix: str = "vnsloop-patient", *,
                  command_source_id: str | None = None, step_s: float = 0.02,
-                 watchdog_s: float = 2.0, ecg_fs: float = 0.0, log=_progress):
+                 watchdog_s: float = 2.0, ecg_fs: float | None = None, log=_progress):
         self.patient = patient
         self.prefix = prefix
         self.command_source_id = command_source_id
         self.step_s = float(step_s)
         self.watchdog_s = float(watchdog_s)
-        self.ecg_fs = float(ecg_fs or 0.0)   # the rate `patient` was built with; 0: RR only
+        if ecg_fs is None:                     # the rate `patient` was built with; 0: RR only
+            ecg_fs = getattr(patient, "ecg_fs", None)
+        self.ecg_fs = float(ecg_fs or 0.0)
         self.log = log
         self.counts = {"commands_received": 0, "limit_violations": 0, "fallbacks_to_off": 0,
                        "beats_sent": 0, "ecg_samples": 0, "ratings_sent": 0,
@@ -84,6 +86,7 @@ class LSLPatient:
         self._outlets: dict[str, pylsl.StreamOutlet] = {}
         self._offset = 0.0
         self._t_start = 0.0
+        self._sim_t0 = 0.0
         self._truth_sum: dict[str, float] = {}
         self._truth_n = 0
         self._pain_max = -math.inf
@@ -126,6 +129,7 @@ class LSLPatient:
         now = pylsl.local_clock()
         self._offset = now - p.t
         self._t_start = now
+        self._sim_t0 = p.t
         self.log(f"patient {p.profile} seed {p.seed}: streams {pre}-* up, "
                  f"listening to {COMMAND_STREAM}"
                  + (f" ({self.command_source_id})" if self.command_source_id else ""))
@@ -268,7 +272,7 @@ class LSLPatient:
     def summary(self) -> dict:
         mean = {k: v / self._truth_n for k, v in self._truth_sum.items()}
         return {
-            "seconds": round(pylsl.local_clock() - self._t_start, 3),
+            "seconds": round(self.patient.t - self._sim_t0, 3),   # simulated = real time
             **self.counts,
             "violations_by_rule": dict(self.violations_by_rule),
             "pain_mean": mean.get("pain", float("nan")),

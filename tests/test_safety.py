@@ -80,6 +80,8 @@ class Checker:
         self.q = 1.0
         self.qlow_since = None
         self.brady = []              # lockout start times
+        self.prev_rr = float("nan")
+        self.normal_rr: list[float] = []
         self.stop_latched = False
         self.regions = []            # (t, f, ceiling, a_at_report)
 
@@ -200,6 +202,8 @@ def test_random_sessions_stay_inside_the_envelope(lim, ops):
                 sup.on_signal(t, t, chk.q)
                 chk.last_beat = t
                 cmd, events = sup.on_beat(t, 800.0)
+                chk.prev_rr = 800.0
+                chk.normal_rr.append(800.0)
                 assert cmd is None
             else:
                 sup.on_signal(t, None, chk.q)
@@ -210,7 +214,15 @@ def test_random_sessions_stay_inside_the_envelope(lim, ops):
             sup.on_signal(t, t, chk.q)
             chk.last_beat = t
             cmd, events = sup.on_beat(t, rr)
-            if rr > 1200.0:
+            # The interval after an ectopic beat is compensatory, not bradycardia.
+            normal = sorted(chk.normal_rr[-8:])
+            compensatory = (len(normal) >= 4 and rr <= 2500.0
+                            and chk.prev_rr < 0.8 * float(np.median(normal))
+                            and chk.prev_rr + rr <= 2.2 * float(np.median(normal)))
+            chk.prev_rr = rr
+            if rr <= 1200.0:
+                chk.normal_rr.append(rr)
+            if rr > 1200.0 and not compensatory:
                 assert cmd is not None and cmd.stim.amplitude_mA == 0 and not cmd.stim.enabled
                 assert "safety.bradycardia" in kinds(events) or sup.lockout_until > t
                 chk.brady.append(cmd.t)
@@ -461,3 +473,18 @@ def test_limits_beyond_absolute_caps_are_refused_at_start():
         SafetySupervisor(SafetyLimits(lockout_s=60.0), 0.0)
     SafetySupervisor(SafetyLimits(electrode="taVNS", amplitude_max_mA=ABS_AMPLITUDE_MAX_MA[
         "taVNS"]), 0.0)
+
+
+def test_compensatory_pause_after_an_ectopic_beat_is_not_bradycardia():
+    sup = SafetySupervisor(SafetyLimits(), 0.0)
+    t = 0.0
+    for _ in range(8):
+        t += 0.8
+        assert sup.on_beat(t, 800.0) == (None, [])
+    t += 0.5
+    assert sup.on_beat(t, 500.0) == (None, [])        # premature
+    t += 1.25
+    assert sup.on_beat(t, 1250.0) == (None, [])       # compensatory: 500 + 1250 < 2.2 x 800
+    t += 1.25
+    cmd, ev = sup.on_beat(t, 1250.0)                  # a second long one is bradycardia
+    assert cmd is not None and not cmd.stim.enabled and ev[0].kind == "safety.bradycardia"

@@ -63,6 +63,7 @@ class VirtualPatient:
         self._cnt = np.zeros(6, np.int64)
         self.limit_violations = 0
         self._ecg = None
+        self.ecg_fs = float(ecg_fs) if ecg_fs else None
         if ecg_fs:
             from sim.ecg_synth import ECGSynthesizer  # written separately; heavy
             self._ecg = ECGSynthesizer(ecg_fs, self.seed)
@@ -142,7 +143,8 @@ class VirtualPatient:
         tb = o[8]
         truth = {name: out[tb + k * nt:tb + k * nt + n] for k, name in enumerate(m.TRUTH_NAMES)}
         if self._ecg is not None:
-            ecg_t, ecg = self._ecg.render(float(t), float(t_end), beat_t, rr_ms)
+            ecg_t, ecg = self._ecg.render(float(t), float(t_end), beat_t, rr_ms,
+                                          resp_bpm=float(self._st[m.S_RESP_BPM]))
         else:
             ecg_t = ecg = _EMPTY
         return PatientOutput(beat_t, rr_ms, ecg_t, ecg, out[o[2]:o[2] + r], out[o[3]:o[3] + r],
@@ -152,6 +154,6 @@ class VirtualPatient:
 
 def warmup() -> None:
     """Compile (or load from cache) the kernels before any timed loop."""
-    p = VirtualPatient("fibromyalgia", 1)
+    p = VirtualPatient("fibromyalgia", 1, ecg_fs=250.0)
     p.advance(5.0, Stimulation(1.0, 20.0, 250.0, 2.0, 2.0, True))
     p.advance(10.0, OFF)

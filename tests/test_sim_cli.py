@@ -28,9 +28,13 @@ def test_sim_open_loop_json(tmp_path):
     assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_sim_refuses_a_policy_it_does_not_have_yet(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "controller.cli", "sim", "--policy", "bayes",
-                          "--hours", "0.1", "--json", "--out", str(tmp_path)],
+def test_sim_refuses_a_bad_config_naming_the_key_and_range(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[safety]\namplitude_max_mA = 9.0\n")
+    out = subprocess.run([sys.executable, "-m", "controller.cli", "sim", "--hours", "0.1",
+                          "--config", str(cfg), "--json", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
-    assert json.loads(out.stdout.strip().splitlines()[-1])["ok"] is False
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["ok"] is False
+    assert "safety.amplitude_max_mA" in res["error"] and "3.5" in res["error"]

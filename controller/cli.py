@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="reports")
 
     sp = add("bench", "end-to-end latency over LSL between processes")
-    sp.add_argument("--samples", type=int, default=2000, help="trials per path")
+    sp.add_argument("--samples", type=int, default=500, help="trials per path")
     sp.add_argument("--out", default="reports")
 
     sp = add("compare", "compare policies on a virtual cohort")

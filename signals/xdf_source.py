@@ -176,7 +176,10 @@ class XDFSource:
         if st.channel_format == "string":
             data = [row[channel] for row in s["time_series"]]
         else:
-            data = np.asarray(s["time_series"], dtype=np.float64).reshape(len(ts), -1)[:, channel:channel + 1]
+            # an empty stream has no samples to infer the width from: take it from the header
+            width = max(st.channel_count, 1)
+            data = np.asarray(s["time_series"], dtype=np.float64).reshape(len(ts), width)
+            data = data[:, channel:channel + 1]
         return ts, np.maximum.accumulate(ts) if len(ts) else ts, data
 
     def _check_stream(self, k: int, st: XDFStreamInfo, gap_k: float, gap_min_s: float,

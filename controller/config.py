@@ -102,17 +102,27 @@ class GatingConfig:
 
 @dataclass(frozen=True)
 class EstimationConfig:
-    """Fields of `controller.estimation.EstimationSettings`."""
+    """Fields of `controller.estimation.EstimationSettings` (see its module docstring)."""
 
-    baseline_s: float = spec(300.0, 10.0, 7200.0, "s", "the patient's own reference period")
-    pain_prior_mean: float = spec(5.0, 0.0, 10.0, "NRS")
+    baseline_s: float = spec(300.0, 30.0, 7200.0, "s", "the patient's own reference period")
+    pain_prior_mean: float = spec(5.0, 0.0, 10.0, "NRS", "prior on the personal pain level")
     pain_prior_sd: float = spec(2.5, 0.1, 10.0, "NRS")
-    pain_tau_s: float = spec(4 * 3600.0, 60.0, 30 * 86400.0, "s")
-    pain_stationary_sd: float = spec(2.0, 0.1, 10.0, "NRS")
-    rating_noise_sd: float = spec(0.7, 0.05, 5.0, "NRS")
-    physio_every_s: float = spec(300.0, 1.0, 86400.0, "s")
-    physio_min_ratings: int = spec(4, 1, 1000, "")
-    mean_learning_rate: float = spec(0.2, 0.0, 1.0, "")
+    rating_noise_sd: float = spec(0.7, 0.05, 5.0, "NRS", "rounding plus report noise")
+    level_drift_sd: float = spec(0.15, 0.0, 5.0, "NRS/sqrt(h)", "random walk of the level")
+    pain_tau_s: float = spec(1800.0, 60.0, 30 * 86400.0, "s", "residual slow pain: OU tau")
+    pain_stationary_sd: float = spec(0.3, 0.01, 10.0, "NRS", "residual slow pain: OU sd")
+    phasic_sd: float = spec(0.2, 0.0, 5.0, "NRS", "transient pain no SCR reveals")
+    rhythm_period_s: float = spec(86400.0, 3600.0, 7 * 86400.0, "s", "daily rhythm period")
+    rhythm_sd: float = spec(0.5, 0.0, 5.0, "NRS", "prior sd of each harmonic (0: off)")
+    physio_tau_s: float = spec(300.0, 1.0, 86400.0, "s", "smoothing of the physiological z")
+    physio_weight_sd: float = spec(0.1, 0.0, 5.0, "NRS/z", "prior sd of physiological slopes")
+    physio_min_ratings: int = spec(4, 1, 1000, "", "physiology joins after this many reports")
+    scr_tau_s: float = spec(90.0, 5.0, 3600.0, "s", "decay of the pain an SCR signals")
+    scr_gain: float = spec(3.5, 0.0, 50.0, "NRS/uS", "prior gain of the SCR load")
+    scr_gain_sd: float = spec(1.0, 0.0, 50.0, "NRS/uS", "prior sd of that gain")
+    scr_gate_uS: float = spec(0.4, 0.01, 10.0, "uS", "SCR gate until 30 SCRs are seen")
+    scr_gate_z: float = spec(2.0, 0.0, 6.0, "", "SCR gate: sds of ln amplitude above mean")
+    scr_gate_width: float = spec(0.15, 0.01, 2.0, "ln uS", "softness of the SCR gate")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from controller.config import Config, default_config
+from controller.config import Config, default_config, save_config
 from controller.rig import run_realtime
 from controller.session_report import plot_session_report
 from controller.summary import progress
@@ -60,6 +60,10 @@ def run_demo_command(args) -> dict:
     out_dir = Path(args.out)
     xdf = out_dir / f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uid}.xdf"
     config = demo_config(prefix, args.seed, args.policy, args.seconds)
+    # Saved beside the recording: `vnsloop replay FILE --config` reproduces the session.
+    config_path = xdf.with_suffix(".toml")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, config_path)
     progress(f"starting the virtual patient ({args.profile}, seed {args.seed}) as {prefix}")
     patient = _start_patient(prefix, args, ctrl_id + "-command", args.seconds + 60)
     try:
@@ -82,6 +86,6 @@ def run_demo_command(args) -> dict:
         "events": len(events), "stop_reason": res["stop_reason"],
         "max_amplitude_mA": max((c[1] for c in res["outputs"].commands), default=0.0),
         "pain_estimate_last": loop.state.pain_mean,
-        "xdf": str(xdf), "report": str(report),
+        "xdf": str(xdf), "config": str(config_path), "report": str(report),
         "tick_p50_us": ticks["p50"], "tick_p99_us": ticks["p99"],
     }

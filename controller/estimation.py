@@ -1,13 +1,34 @@
 """Estimation: the autonomic state against the patient's own baseline, and a Bayesian filter
 over latent pain that fuses physiological indices with sparse self-reports.
 
-Pain model (a scalar Kalman filter): latent pain follows an Ornstein-Uhlenbeck process around a
-slowly learned personal mean. Self-reports are direct, noisy observations (NRS rounding and
-report noise). Physiology enters as a second observation: a linear map from the autonomic
-indices to pain, calibrated online by recursive least squares against the self-reports, whose
-residual variance becomes that observation's noise. It is applied at a slow cadence because
-consecutive physiological readings are strongly correlated; feeding them every tick as if
-independent would make the filter over-confident.
+Pain model. Latent pain is read as the sum of
+
+    pain(t) = w . phi(t)  +  e(t)  +  transient pain not seen (white, `phasic_sd`)
+
+with regressors phi(t) = [1, cos wt, sin wt, z-scored physiology..., SCR load L(t)]:
+
+- a personal level (intercept) that drifts slowly as a random walk (`level_drift_sd`: relief
+  from stimulation, rescue medication, ...);
+- a daily rhythm: one pair of harmonics of period `rhythm_period_s`, its phase learned
+  (the controller's clock need not know the time of day);
+- slow physiology: heart rate, ln RMSSD, ln LF power and EDA tonic as z-scores against the
+  baseline period, smoothed over `physio_tau_s`. Their slopes start at zero with a prior sd
+  (`physio_weight_sd`) and are calibrated by the ratings; they join once `physio_min_ratings`
+  reports exist. Their parameter uncertainty is part of the reported sd, so readings far from
+  what the calibration saw (sleep, say) widen the interval instead of moving the mean blindly;
+- a phasic term: brief pain transients show as skin-conductance responses (SCRs) a second or
+  two later. The SCR load L(t) = sum_i g(a_i) exp(-(t - onset_i) / scr_tau_s) weighs each
+  response by how unlike the patient's spontaneous SCRs its amplitude a_i is (a soft gate on
+  ln a, its threshold `scr_gate_z` sds above the running mean of ln a of the patient's own
+  SCRs). Its gain (NRS per gated µS) starts at the prior `scr_gain` +- `scr_gain_sd` and is
+  calibrated by the ratings like the other slopes;
+- e(t): a residual Ornstein-Uhlenbeck process (`pain_tau_s`, `pain_stationary_sd`) that a
+  rating pins down and that fades back between ratings.
+
+The weights and e form one Kalman state (linear-Gaussian, so the regression and the residual
+share each rating without counting it twice). Self-reports are direct noisy observations
+(rounding plus report noise, `rating_noise_sd`). The estimate is causal; a tick costs a few
+small vector operations.
 """
 from __future__ import annotations
 
@@ -22,14 +43,24 @@ from controller.types import StateEstimate
 @dataclass
 class EstimationSettings:
     baseline_s: float = 300.0             # the patient's own reference period
-    pain_prior_mean: float = 5.0
+    pain_prior_mean: float = 5.0          # prior on the personal level (NRS)
     pain_prior_sd: float = 2.5
-    pain_tau_s: float = 4 * 3600.0        # how fast latent pain forgets (OU time constant)
-    pain_stationary_sd: float = 2.0       # OU spread: sets the process noise
     rating_noise_sd: float = 0.7          # rounding to integers plus report noise
-    physio_every_s: float = 300.0         # cadence of the physiological observation
-    physio_min_ratings: int = 4           # calibration needs a few reports first
-    mean_learning_rate: float = 0.2       # how fast the personal mean follows the reports
+    level_drift_sd: float = 0.15           # random walk of the personal level, NRS per sqrt(h)
+    pain_tau_s: float = 1800.0            # residual slow pain: OU time constant
+    pain_stationary_sd: float = 0.3      # residual slow pain: OU spread
+    phasic_sd: float = 0.2                # transient pain that no SCR reveals (white)
+    rhythm_period_s: float = 86400.0      # daily rhythm, phase learned
+    rhythm_sd: float = 0.5                # prior sd of each harmonic coefficient (0: off)
+    physio_tau_s: float = 300.0           # smoothing of the physiological z-scores
+    physio_weight_sd: float = 0.1         # prior sd of each physiological slope (NRS per z)
+    physio_min_ratings: int = 4           # physiology joins after this many reports
+    scr_tau_s: float = 90.0               # decay of the pain transient an SCR signals
+    scr_gain: float = 3.5                 # prior gain, NRS per gated µS of SCR amplitude
+    scr_gain_sd: float = 1.0              # prior sd of that gain
+    scr_gate_uS: float = 0.4              # gate threshold until enough SCRs are seen
+    scr_gate_z: float = 2.0               # gate threshold: sds of ln amplitude above the mean
+    scr_gate_width: float = 0.15          # softness of the gate, ln units
 
 
 class RunningStats:
@@ -74,6 +105,7 @@ class AutonomicEstimator:
     def __init__(self, baseline_s: float, t0: float):
         self.baseline_end = t0 + baseline_s
         self.stats = {k: RunningStats() for k in self.FEATURES}
+        self.z: dict[str, float] = {k: float("nan") for k in self.FEATURES}
 
     # Spectral power needs about a minute of beats and EDA may be absent: readiness rests on
     # the time-domain indices, the others join the z-scores when they exist.
@@ -90,7 +122,7 @@ class AutonomicEstimator:
         if t < self.baseline_end:
             for k, s in self.stats.items():
                 s.add(x[k])
-        z = {k: self.stats[k].z(x[k]) for k in self.FEATURES}
+        z = self.z = {k: self.stats[k].z(x[k]) for k in self.FEATURES}
         vagal = _nanmean([z["ln_hf"], z["ln_rmssd"]])
         sympathetic = _nanmean([z["ln_lf"], z["hr"], z["eda"]])
         return vagal, sympathetic
@@ -100,67 +132,150 @@ def _safe_log(x: float) -> float:
     return math.log(x) if math.isfinite(x) and x > 0 else float("nan")
 
 
+class SCRLoad:
+    """Causal load of pain-like skin-conductance responses (see the module docstring)."""
+
+    MIN_SEEN = 30            # SCRs before the patient's own amplitude statistics set the gate
+    STATS_ALPHA = 0.01       # running mean / variance of ln amplitude (~100 SCRs)
+
+    def __init__(self, s: EstimationSettings, t0: float):
+        self.s = s
+        self.t = t0
+        self.value = 0.0
+        self.n_seen = 0
+        self._mu = math.log(max(s.scr_gate_uS, 1e-3)) - s.scr_gate_z * 0.5
+        self._var = 0.25
+        self.threshold = math.log(max(s.scr_gate_uS, 1e-3))
+
+    def decay_to(self, t: float) -> None:
+        dt = t - self.t
+        if dt > 0:
+            self.value *= math.exp(-dt / self.s.scr_tau_s)
+            self.t = t
+
+    def weight(self, amplitude_uS: float) -> float:
+        la = math.log(amplitude_uS)
+        x = (la - self.threshold) / max(self.s.scr_gate_width, 1e-6)
+        return amplitude_uS / (1.0 + math.exp(-max(min(x, 50.0), -50.0)))
+
+    def add(self, t_onset: float, amplitude_uS: float) -> None:
+        if not (math.isfinite(amplitude_uS) and amplitude_uS > 0 and math.isfinite(t_onset)):
+            return
+        w = self.weight(amplitude_uS)
+        # the patient's own SCR amplitudes (mostly spontaneous) set the gate
+        la = math.log(amplitude_uS)
+        self.n_seen += 1
+        a = max(self.STATS_ALPHA, 1.0 / self.n_seen)
+        d = la - self._mu
+        self._mu += a * d
+        self._var = (1 - a) * (self._var + a * d * d)
+        if self.n_seen >= self.MIN_SEEN:
+            self.threshold = self._mu + self.s.scr_gate_z * math.sqrt(self._var)
+        # the onset may lie before the load's clock (detection comes after the rise)
+        self.value += w * math.exp(-max(self.t - t_onset, 0.0) / self.s.scr_tau_s)
+
+
 class PainFilter:
-    """Scalar Kalman filter over latent pain (NRS 0 to 10); see the module docstring."""
+    """Joint Kalman filter over [level, rhythm (2), physiology slopes (4), SCR gain, residual];
+    see the module docstring."""
+
+    PHYSIO = ("hr", "ln_rmssd", "ln_lf", "eda")
+    I_LEVEL, I_RHY, I_PHY = 0, 1, 3
+    I_GAIN = 3 + len(PHYSIO)
+    I_RES = I_GAIN + 1
+    N = I_RES + 1
 
     def __init__(self, settings: EstimationSettings, t0: float):
-        self.s = settings
+        s = self.s = settings
         self.t = t0
-        self.mean = settings.pain_prior_mean
-        self.var = settings.pain_prior_sd ** 2
-        self.personal_mean = settings.pain_prior_mean
+        self.t0 = t0
         self.n_ratings = 0
-        # RLS over [1, vagal, sympathetic] -> rating, with a weak prior on the slopes.
-        self._P = np.diag([100.0, 1.0, 1.0])
-        self._w = np.array([settings.pain_prior_mean, 0.0, 0.0])
-        self._resid_var = 4.0
-        self._next_physio = t0
+        self.x = np.zeros(self.N)
+        self.x[self.I_LEVEL] = s.pain_prior_mean
+        self.x[self.I_GAIN] = s.scr_gain
+        self.P = np.diag([s.pain_prior_sd ** 2, s.rhythm_sd ** 2, s.rhythm_sd ** 2]
+                         + [s.physio_weight_sd ** 2] * len(self.PHYSIO)
+                         + [s.scr_gain_sd ** 2, s.pain_stationary_sd ** 2])
+        self.h = np.zeros(self.N)          # regressors at the current time
+        self.h[self.I_LEVEL] = 1.0
+        self.h[self.I_RES] = 1.0
+        self.scr = SCRLoad(settings, t0)
+        self._phys = [0.0] * len(self.PHYSIO)
+        self._phys_seen = False
+        self._omega = 2 * math.pi / settings.rhythm_period_s if settings.rhythm_sd > 0 else 0.0
+        self.mean = s.pain_prior_mean
+        self.var = s.pain_prior_sd ** 2
+        self._out()
 
+    # ---- time update ---------------------------------------------------------------------
     def predict(self, t: float) -> None:
         dt = t - self.t
         if dt <= 0:
             return
-        a = math.exp(-dt / self.s.pain_tau_s)
-        self.mean = a * self.mean + (1 - a) * self.personal_mean
-        self.var = a * a * self.var + (1 - a * a) * self.s.pain_stationary_sd ** 2
+        s, P, r = self.s, self.P, self.I_RES
+        a = math.exp(-dt / s.pain_tau_s)
+        self.x[r] *= a
+        P[r, :] *= a
+        P[:, r] *= a
+        P[r, r] += (1 - a * a) * s.pain_stationary_sd ** 2
+        P[0, 0] += s.level_drift_sd ** 2 * dt / 3600.0
+        self.scr.decay_to(t)
         self.t = t
 
-    def _correct(self, y: float, noise_var: float) -> None:
-        k = self.var / (self.var + noise_var)
-        self.mean = min(10.0, max(0.0, self.mean + k * (y - self.mean)))
-        self.var = (1 - k) * self.var
-
-    def rating(self, t: float, value: float, vagal: float, sympathetic: float) -> None:
+    def physiology(self, t: float, z: dict[str, float]) -> None:
+        """Smooth the physiological z-scores (an EMA over physio_tau_s)."""
+        dt = t - self.t
         self.predict(t)
-        self._correct(value, self.s.rating_noise_sd ** 2)
-        self.n_ratings += 1
-        lr = max(self.s.mean_learning_rate, 1.0 / self.n_ratings)
-        self.personal_mean += lr * (value - self.personal_mean)
-        if math.isfinite(vagal) and math.isfinite(sympathetic):
-            self._calibrate(np.array([1.0, vagal, sympathetic]), value)
-
-    def _calibrate(self, x: np.ndarray, y: float) -> None:
-        resid = y - float(x @ self._w)
-        px = self._P @ x
-        gain = px / (1.0 + float(x @ px))
-        self._w = self._w + gain * resid
-        self._P = self._P - np.outer(gain, px)
-        self._resid_var = 0.9 * self._resid_var + 0.1 * resid * resid
-
-    def physiology(self, t: float, vagal: float, sympathetic: float) -> None:
-        self.predict(t)
-        if (t < self._next_physio or self.n_ratings < self.s.physio_min_ratings
-                or not (math.isfinite(vagal) and math.isfinite(sympathetic))):
+        if dt <= 0:
             return
-        self._next_physio = t + self.s.physio_every_s
-        y = float(np.array([1.0, vagal, sympathetic]) @ self._w)
-        # The map's own uncertainty adds to its residual noise.
-        noise = self._resid_var + self.s.rating_noise_sd ** 2
-        self._correct(min(10.0, max(0.0, y)), noise)
+        a = 1.0 - math.exp(-dt / self.s.physio_tau_s)
+        for i, k in enumerate(self.PHYSIO):
+            v = z.get(k, float("nan"))
+            if math.isfinite(v):
+                # a clamp keeps one wild reading (an artefact) from dominating the regression
+                self._phys[i] += a * (max(-6.0, min(6.0, v)) - self._phys[i])
+                self._phys_seen = True
+
+    def _regressors(self) -> np.ndarray:
+        h = self.h
+        if self._omega:
+            ph = self._omega * (self.t - self.t0)
+            h[1] = math.cos(ph)
+            h[2] = math.sin(ph)
+        if self._phys_seen and self.n_ratings >= self.s.physio_min_ratings:
+            h[3:3 + len(self.PHYSIO)] = self._phys
+        h[self.I_GAIN] = self.scr.value
+        return h
+
+    def _out(self) -> None:
+        h = self._regressors()
+        self.mean = min(10.0, max(0.0, float(h @ self.x)))
+        self.var = float(h @ self.P @ h) + self.s.phasic_sd ** 2
+
+    # ---- observations --------------------------------------------------------------------
+    def scr_event(self, t_onset: float, amplitude_uS: float) -> None:
+        self.scr.add(t_onset, amplitude_uS)
+
+    def rating(self, t: float, value: float) -> None:
+        self.predict(t)
+        h = self._regressors()
+        ph = self.P @ h
+        noise = self.s.rating_noise_sd ** 2 + self.s.phasic_sd ** 2
+        sv = float(h @ ph) + noise
+        k = ph / sv
+        self.x += k * (value - float(h @ self.x))
+        self.P -= np.outer(k, ph)
+        self.P = 0.5 * (self.P + self.P.T)
+        self.n_ratings += 1
+        self._out()
+
+    def step(self, t: float, z: dict[str, float]) -> None:
+        self.physiology(t, z)
+        self._out()
 
     @property
     def sd(self) -> float:
-        return math.sqrt(self.var)
+        return math.sqrt(max(self.var, 0.0))
 
 
 class StateEstimator:
@@ -173,7 +288,11 @@ class StateEstimator:
         self._sympathetic = float("nan")
 
     def rating(self, t: float, value: float) -> None:
-        self.pain.rating(t, value, self._vagal, self._sympathetic)
+        self.pain.rating(t, value)
+
+    def scr(self, t_onset: float, amplitude_uS: float) -> None:
+        """A skin-conductance response (onset time, trough-to-peak amplitude in µS)."""
+        self.pain.scr_event(t_onset, amplitude_uS)
 
     def update(self, t: float, hrv: dict, eda_tonic_uS: float, resp_rate_bpm: float,
                quality: float) -> StateEstimate:
@@ -182,10 +301,11 @@ class StateEstimator:
         lf = hrv.get("lf_ms2", float("nan"))
         hf = hrv.get("hf_ms2", float("nan"))
         self._vagal, self._sympathetic = self.autonomic.update(t, hr, rmssd, lf, hf, eda_tonic_uS)
-        self.pain.physiology(t, self._vagal, self._sympathetic)
+        baseline_done = t >= self.autonomic.baseline_end
+        self.pain.step(t, self.autonomic.z if baseline_done else {})
         return StateEstimate(
             t=t, hr_bpm=hr, rmssd_ms=rmssd, lf_ms2=lf, hf_ms2=hf,
             vagal_index=self._vagal, sympathetic_index=self._sympathetic,
             resp_rate_bpm=resp_rate_bpm, eda_tonic_uS=eda_tonic_uS,
             pain_mean=self.pain.mean, pain_sd=self.pain.sd, quality=quality,
-            baseline_ready=self.autonomic.baseline_ready and t >= self.autonomic.baseline_end)
+            baseline_ready=self.autonomic.baseline_ready and baseline_done)

@@ -12,10 +12,9 @@ import pylsl
 
 from controller.types import COMMAND_CHANNELS, STATE_CHANNELS, Command, StateEstimate
 from signals.events import Event
+from signals.xdf_source import CONTROLLER_OUTPUTS
 
-COMMAND_STREAM = "vnsloop-command"
-STATE_STREAM = "vnsloop-state"
-EVENTS_STREAM = "vnsloop-events"
+COMMAND_STREAM, STATE_STREAM, EVENTS_STREAM = CONTROLLER_OUTPUTS
 
 _UNITS = {"seq": "count", "amplitude_mA": "mA", "frequency_Hz": "Hz", "pulse_width_us": "us",
           "train_on_s": "s", "train_off_s": "s", "enabled": "bool"}

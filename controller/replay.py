@@ -326,8 +326,18 @@ def replay_file(path: str | Path, config: Config | None = None,
     if not len(edges_all) or edges_all[-1] < source.t_end:
         edges_all = np.append(edges_all, source.t_end)
     is_tick = np.isin(edges_all, edges)
+    pos_start: dict[str, int] = {}   # where the live loop began each input
     split = {role: (c, _split(np.maximum.accumulate(c.timestamps), edges_all))
              for role, c in chunks.items()}
+    if mode == "recorded":
+        _cut_at_watermarks(split, source, edges_all, is_tick)
+        for e in rec_events:
+            if e.get("kind") == "input.started" and e.get("source") in split:
+                c, cut = split[e["source"]]
+                first = np.searchsorted(np.maximum.accumulate(c.timestamps),
+                                        e["data"]["first_t"], side="left")
+                pos_start[e["source"]] = int(first)
+                cut[:] = np.maximum(cut, first)
     ev = source.events
     ev_t = np.array([e.t for e in ev]) if ev else np.zeros(0)
     ev_split = np.searchsorted(ev_t, edges_all, side="right")
@@ -335,7 +345,7 @@ def replay_file(path: str | Path, config: Config | None = None,
     clock = VirtualClock(t0)
     errors = 0
     n_ticks = 0
-    pos = dict.fromkeys(chunks, 0)
+    pos = {role: pos_start.get(role, 0) for role in chunks}
     ev_pos = 0
     # events stamped before the loop's start (file-level) go first
     t_wall = time.perf_counter()
@@ -390,6 +400,32 @@ def replay_file(path: str | Path, config: Config | None = None,
         rt, rc = log.command_array()
         res.decision_mismatches = compare_decisions(rec_cmd[0], rec_cmd[1], rt, rc)
     return res
+
+
+def _cut_at_watermarks(split: dict, source: XDFSource, edges: np.ndarray,
+                       is_tick: np.ndarray) -> None:
+    """Where the recorded `vnsloop-state` carries the live loop's input watermarks (the last
+    sample time fed per input at each tick), cut each input there instead of at the tick time:
+    the live loop had fed what had arrived, not what was stamped before the tick."""
+    st = source.recorded(STATE_STREAM)
+    if st is None or st[1].shape[1] != len(STATE_CHANNELS):
+        return
+    rec_t, rec = st
+    col = {name: i for i, name in enumerate(STATE_CHANNELS)}
+    tick_idx = np.flatnonzero(is_tick)
+    # recorded ticks, in order, match the recorded state samples
+    k_state = np.searchsorted(rec_t, edges[tick_idx] - TOL_TIME_S, side="left")
+    for role, (c, cut) in split.items():
+        key = f"fed_t_{role}"
+        if key not in col:
+            continue
+        stamps = np.maximum.accumulate(c.timestamps)
+        for k, ks in zip(tick_idx, k_state):
+            if ks < len(rec_t):
+                w = rec[ks, col[key]]
+                cut[k] = np.searchsorted(stamps, w, side="right") if np.isfinite(w) else 0
+        # cuts between ticks must not run past the next tick's watermark
+        cut[:] = np.minimum.accumulate(cut[::-1])[::-1]
 
 
 def ecg_polarity_event(chunk: Chunk, fs: float) -> Event | None:

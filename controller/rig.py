@@ -11,6 +11,7 @@ import signal
 import threading
 from pathlib import Path
 
+import numpy as np
 import pylsl
 
 from controller.config import Config, load_config
@@ -18,6 +19,7 @@ from controller.outlets import LSLOutputs
 from controller.recording import Recorder
 from controller.runtime import ControlLoop
 from controller.summary import progress
+from signals.chunk import Chunk
 from signals.clock import LSLClock
 from signals.events import Event
 from signals.lsl_source import LSLSource, StreamSpec
@@ -49,18 +51,26 @@ def run_realtime(config: Config, *, seconds: float | None, record: str | None = 
     specs = [StreamSpec(role=role, **spec) for role, spec in config.stream_specs().items()]
     source = LSLSource(specs, clock, resolve_timeout=resolve_timeout)
     outputs = LSLOutputs(source_id=source_id, tick_hz=config.tick_hz)
+    input_ids = [inlet.source_id for inlet in source.inlets.values()]
+    recorder = None
+    if record:
+        ids = [*input_ids, *outputs.stream_source_ids.values(), *(extra_record_ids or [])]
+        recorder = Recorder(record, ids)
+        recorder.start()
+        # What arrived before LabRecorder subscribed is not in the file: start the loop on
+        # data the recording also holds, so that a replay sees the same inputs.
+        source.poll()
     t0 = clock.now()
     loop = ControlLoop(config, outputs, t0)
     for role, inlet in source.inlets.items():
         if inlet.fs > 0:
             loop.set_input_rate(role, inlet.fs)
-    input_ids = [inlet.source_id for inlet in source.inlets.values()]
     lock = threading.Lock()
     stop = threading.Event()
 
     def on_operator(t: float, text: str) -> None:
         with lock:
-            loop._marker(clock.now(), text)
+            loop.feed(Chunk("operator", [text], np.array([t + operator.offset])))
 
     watcher = None
     operator = source.inlets.pop("operator", None)  # served by its own thread, not by poll()
@@ -68,11 +78,6 @@ def run_realtime(config: Config, *, seconds: float | None, record: str | None = 
         watcher = OperatorWatcher(operator.inlet, on_operator, stop)
         watcher.start()
 
-    recorder = None
-    if record:
-        ids = [*input_ids, *outputs.stream_source_ids.values(), *(extra_record_ids or [])]
-        recorder = Recorder(record, ids)
-        recorder.start()
 
     interrupted = {"sig": None}
 

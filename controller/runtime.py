@@ -22,7 +22,7 @@ from controller.estimation import EstimationSettings, StateEstimator
 from controller.outlets import OutputLog
 from controller.policies import make_policy
 from controller.safety import SafetyLimits, SafetySupervisor
-from controller.types import Command, Stimulation, StateEstimate
+from controller.types import INPUT_ROLES, Command, Stimulation, StateEstimate
 from signals.chunk import Chunk
 from signals.ecg import RPeakDetector
 from signals.eda import EDAProcessor
@@ -81,6 +81,7 @@ class ControlLoop:
         self.epoch_s = config.epoch_s
         self._next_epoch = t0 + self.epoch_s
         self.state = StateEstimate(t=t0)
+        self.fed_t: dict[str, float] = {}
         self.proposal: Stimulation = Stimulation()
         self.last_beat_t: float | None = None
         self.beats = 0
@@ -97,6 +98,12 @@ class ControlLoop:
         if len(chunk) == 0:
             return
         role = chunk.role
+        if role not in self.fed_t:
+            # Tells a replay where this input began for the live loop.
+            first = float(chunk.timestamps[0])
+            self._event(Event(first, "input.started", role, f"first {role} sample fed",
+                              {"first_t": first}))
+        self.fed_t[role] = max(self.fed_t.get(role, -math.inf), float(chunk.timestamps[-1]))
         if role == "ecg":
             self._feed_ecg(chunk)
         elif role == "rr":
@@ -109,6 +116,8 @@ class ControlLoop:
                 self._eda = EDAProcessor(self._fs(chunk))
             for ev in self._eda.process(chunk.data[:, 0], chunk.timestamps):
                 self._event(ev)
+                if ev.kind == "eda.scr":
+                    self.estimator.scr(ev.data["onset_t"], ev.data["amplitude_uS"])
         elif role in ("ratings", "operator"):
             for t, text in zip(chunk.timestamps, chunk.data):
                 self._marker(float(t), text if isinstance(text, str) else str(text[0]))
@@ -217,6 +226,7 @@ class ControlLoop:
         if self.gating:
             stim = self._gated(stim, t < self.gate_until and stim.enabled)
         cmd = self._guard_and_send(t, stim)
+        self.state.fed_t = tuple(self.fed_t.get(r, math.nan) for r in INPUT_ROLES)
         self.out.send_state(self.state)
         self.tick_compute_ns.append(time.perf_counter_ns() - start)
         return cmd

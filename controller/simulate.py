@@ -95,11 +95,93 @@ def _tail_mean(x: np.ndarray, fraction: float = 0.25) -> float:
     return float(np.mean(x[int(len(x) * (1 - fraction)):])) if len(x) else float("nan")
 
 
+# Settings a simulation uses unless its --config file sets them: a 1 Hz control tick (the
+# slowest the loop allows, about 9,000x real time in lockstep; every safety path that acts
+# within a tick, such as bradycardia, runs on beats in `feed` anyway) and Bayesian epochs of
+# 15 min (relief builds up over minutes and wears off over 15 to 30 min).
+SIM_DEFAULTS = {("loop", "tick_hz"): 1.0, ("policy", "bayes", "epoch_s"): 900.0}
+
+
+def _given_keys(path) -> set[tuple[str, ...]]:
+    """The (section, ..., key) paths a TOML file sets."""
+    import tomllib
+    with open(path, "rb") as fh:
+        d = tomllib.load(fh)
+    keys: set[tuple[str, ...]] = set()
+
+    def walk(x, prefix):
+        for k, v in x.items():
+            if isinstance(v, dict):
+                walk(v, (*prefix, k))
+            else:
+                keys.add((*prefix, k))
+    walk(d, ())
+    return keys
+
+
 def sim_config(args) -> Config:
-    base = load_config(args.config) if getattr(args, "config", None) else default_config()
+    path = getattr(args, "config", None)
+    base = load_config(path) if path else default_config()
+    given = _given_keys(path) if path else set()
     d = base.to_dict()
     d["policy"]["kind"] = args.policy
+    for key, value in SIM_DEFAULTS.items():
+        if key not in given:
+            section = d
+            for name in key[:-1]:
+                section = section[name]
+            section[key[-1]] = value
     return Config.from_dict(d)
+
+
+class EpochTracker:
+    """A command source around the lockstep controller that attributes the patient's own
+    counts of side effects (discomfort reports, bradycardia, asystole) to the policy's epochs,
+    i.e. to the setting each epoch tried. The patient's counters are ground truth the
+    controller never sees; this is bookkeeping for the report only."""
+
+    COUNTED = ("discomfort_events", "bradycardia_events", "asystole_events")
+
+    def __init__(self, controller: LockstepController, patient: VirtualPatient):
+        self.controller = controller
+        self.patient = patient
+        self.policy = controller.loop.policy
+        self._last = {k: 0 for k in self.COUNTED}
+        self._epoch_mark = controller.loop._next_epoch
+        self.trials: list[dict] = []
+        self._open_trial(patient.t)
+
+    def _open_trial(self, t: float) -> None:
+        current = getattr(self.policy, "current", None)
+        self.trials.append({"t_start": t, "params": dict(current) if current else None,
+                            **{k: 0 for k in self.COUNTED}, "at": []})
+
+    def __call__(self, t: float, out: PatientOutput | None) -> Stimulation:
+        if out is not None:
+            counters = self.patient.counters
+            trial = self.trials[-1]
+            for k in self.COUNTED:
+                new = counters[k] - self._last[k]
+                if new:
+                    trial[k] += new
+                    s = self.patient.stim
+                    trial["at"].append({"frequency_Hz": s.frequency_Hz,
+                                        "amplitude_mA": s.amplitude_mA,
+                                        "pulse_width_us": s.pulse_width_us, "event": k})
+                self._last[k] = counters[k]
+        cmd = self.controller(t, out)
+        mark = self.controller.loop._next_epoch
+        if mark != self._epoch_mark:             # an epoch boundary passed in this tick
+            self._epoch_mark = mark
+            self._open_trial(t)
+        return cmd
+
+    def unsafe(self) -> list[dict]:
+        """Epochs (with the setting the policy chose for them) in which the patient counted a
+        side effect, and the settings in force when it happened."""
+        return [{"t_start": tr["t_start"], "params": tr["params"],
+                 **{k: tr[k] for k in self.COUNTED}, "at": tr["at"]}
+                for tr in self.trials if any(tr[k] for k in self.COUNTED)]
 
 
 def run_sim_command(args) -> dict:
@@ -115,7 +197,9 @@ def run_sim_command(args) -> dict:
     patient = VirtualPatient(args.profile, args.seed, ecg_fs=ecg_fs)
     twin = VirtualPatient(args.profile, args.seed, ecg_fs=ecg_fs)
     controller = LockstepController(config, patient, use_ecg=args.ecg)
-    stim_rec = simulate(patient, controller, duration, 1.0 / config.tick_hz, label="stimulated")
+    tracker = EpochTracker(controller, patient) if args.policy == "bayes" else None
+    stim_rec = simulate(patient, tracker or controller, duration, 1.0 / config.tick_hz,
+                        label="stimulated")
     base_rec = simulate(twin, constant(OFF), duration, 3600.0, label="baseline twin")
     state_t, state = controller.out.state_array()
     col = {name: i for i, name in enumerate(STATE_CHANNELS)}
@@ -134,6 +218,8 @@ def run_sim_command(args) -> dict:
     pain = float(np.mean(stim_rec.truth["pain"]))
     pain0 = float(np.mean(base_rec.truth["pain"]))
     c = stim_rec.counters
+    extra = bayes_summary(args, config, controller, tracker, duration, pain0 - pain, pain0) \
+        if tracker is not None else {}
     return {
         "command": "sim", "ok": True,
         "profile": args.profile, "policy": args.policy, "seed": args.seed,
@@ -157,4 +243,41 @@ def run_sim_command(args) -> dict:
         "tick_p50_us": controller.loop.tick_stats_us()["p50"],
         "tick_p99_us": controller.loop.tick_stats_us()["p99"],
         "report": str(png),
+        **extra,
     }
+
+
+def bayes_summary(args, config: Config, controller: LockstepController, tracker: EpochTracker,
+                  duration: float, pain_reduction: float, pain0: float, *,
+                  oracle: bool = True) -> dict:
+    """What `vnsloop sim --policy bayes` adds: the policy's pick, its epochs and whether it
+    called the patient a non-responder, the side effects its trials caused, and the best safe
+    fixed setting for this patient (the oracle) with the share of its relief this run got."""
+    policy = controller.loop.policy
+    unsafe = tracker.unsafe()
+    res = {
+        "best_params": policy.best_params,
+        "epochs": sum(e.kind == "policy.decision" for e in controller.out.events),
+        "epochs_scored": len(policy.history),
+        "epoch_s": config.epoch_s,
+        "non_responder": bool(policy.non_responder),
+        "non_responder_at_s": next((e.t - controller.loop.t0 for e in controller.out.events
+                                    if e.kind == "policy.non_responder"), None),
+        "unsafe_trials": len(unsafe),
+        "unsafe_trial_list": unsafe,
+    }
+    if oracle:
+        from controller.oracle import oracle_search
+        b = config.policy.bayes
+        found = oracle_search(args.profile, args.seed, duration,
+                              freq_range=(b.frequency_min_Hz, b.frequency_max_Hz),
+                              amp_max_mA=b.amplitude_max_mA, pulse_width_us=b.pulse_width_us)
+        best = found["pain_reduction"]
+        res.update({
+            "oracle_params": found["params"],
+            "oracle_pain_reduction": best,
+            "oracle_candidates": found["candidates"],
+            "oracle_safe_candidates": found["safe_candidates"],
+            "oracle_fraction": pain_reduction / best if best > 0 else float("nan"),
+        })
+    return res

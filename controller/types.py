@@ -46,9 +46,16 @@ class Command:
         return [float(self.seq), *self.stim.as_array().tolist()]
 
 
-# Channel order of the `vnsloop-state` stream.
-STATE_CHANNELS = ("hr_bpm", "rmssd_ms", "lf_ms2", "hf_ms2", "vagal_index", "sympathetic_index",
-                  "resp_rate_bpm", "eda_tonic_uS", "pain_mean", "pain_sd", "quality")
+INPUT_ROLES = ("ecg", "rr", "resp", "eda", "ratings", "operator")
+
+# Channel order of the `vnsloop-state` stream: the estimate, then for each input the time stamp
+# of the last sample the loop had been fed when it made this estimate. The live loop feeds what
+# has arrived, which a recording's time stamps alone cannot tell; with these watermarks a replay
+# feeds exactly the same samples before each tick and makes the same decisions.
+ESTIMATE_CHANNELS = ("hr_bpm", "rmssd_ms", "lf_ms2", "hf_ms2", "vagal_index",
+                     "sympathetic_index", "resp_rate_bpm", "eda_tonic_uS", "pain_mean", "pain_sd",
+                     "quality")
+STATE_CHANNELS = ESTIMATE_CHANNELS + tuple(f"fed_t_{role}" for role in INPUT_ROLES)
 
 
 @dataclass
@@ -68,9 +75,11 @@ class StateEstimate:
     pain_sd: float = float("nan")
     quality: float = 0.0                     # 0 (unusable) to 1 (clean)
     baseline_ready: bool = False
+    fed_t: tuple[float, ...] = ()            # per INPUT_ROLES: last sample time fed, or NaN
 
     def as_sample(self) -> list[float]:
-        return [float(getattr(self, name)) for name in STATE_CHANNELS]
+        fed = list(self.fed_t) + [float("nan")] * (len(INPUT_ROLES) - len(self.fed_t))
+        return [float(getattr(self, name)) for name in ESTIMATE_CHANNELS] + fed
 
 
 assert tuple(f.name for f in fields(Stimulation)) == COMMAND_CHANNELS[1:]

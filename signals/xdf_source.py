@@ -36,7 +36,9 @@ ROLE_NAME_HINTS = {"ratings": ("rating", "pain", "nrs"), "operator": ("operator"
 # Contract rates (DESIGN stream table) and the ECG rate below which R-peak timing gets coarse.
 ROLE_RATES = {"ecg": (125.0, 1000.0), "resp": (25.0, 500.0), "eda": (4.0, 1000.0)}
 ECG_MIN_GOOD_FS = 250.0
-OUTPUT_PREFIX = "vnsloop-"   # the controller's own recorded outputs, read with .recorded()
+# The controller's own outputs (defined here, the lowest layer, so that the recorded ones are
+# never taken for inputs); read them with .recorded().
+CONTROLLER_OUTPUTS = ("vnsloop-command", "vnsloop-state", "vnsloop-events")
 MAX_EVENTS_PER_STREAM = 20
 
 
@@ -140,13 +142,13 @@ class XDFSource:
             hints = ROLE_NAME_HINTS.get(role)
             cands = [k for k, s in enumerate(self.streams)
                      if k not in taken and s.type.lower() in types
-                     and not s.name.startswith(OUTPUT_PREFIX)
+                     and s.name not in CONTROLLER_OUTPUTS
                      and (hints is None or any(h in s.name.lower() for h in hints))]
             if cands:
                 roles[role] = self._choose(role, cands)
                 taken.add(roles[role])
         for k, s in enumerate(self.streams):
-            if k not in taken and not s.name.startswith(OUTPUT_PREFIX):
+            if k not in taken and s.name not in CONTROLLER_OUTPUTS:
                 self._event("xdf.unmapped_stream", f"stream {s.name!r} (type {s.type!r}) has no role",
                             stream=s.name, type=s.type, stream_id=s.stream_id)
         return roles
@@ -276,7 +278,7 @@ class XDFRestreamer:
         self._stop = threading.Event()
         self._streams = []
         for s, st in zip(self.source._raw, self.source.streams):
-            if st.n_samples == 0 or st.name.startswith(OUTPUT_PREFIX):
+            if st.n_samples == 0 or st.name in CONTROLLER_OUTPUTS:
                 continue
             info = pylsl.StreamInfo(st.name + suffix, st.type, st.channel_count, st.fs,
                                     st.channel_format, (st.source_id or st.name) + suffix)

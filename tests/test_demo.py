@@ -51,3 +51,15 @@ def test_demo_report_is_written(demo):
     from pathlib import Path
     png = Path(demo["report"])
     assert png.exists() and png.stat().st_size > 20_000
+
+
+def test_demo_session_replays_with_zero_decision_mismatches(demo, tmp_path):
+    """Same inputs, same controller: the replay must make the commands the live loop made."""
+    proc = subprocess.run([sys.executable, "-m", "controller.cli", "replay", demo["xdf"],
+                           "--config", demo["config"], "--json", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["commands"] > 0 and res["beats"] > 0
+    assert res["decision_mismatches"] == 0
+    assert res["realtime_factor"] > 10

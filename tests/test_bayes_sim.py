@@ -1,0 +1,98 @@
+"""`vnsloop sim --policy bayes`: the keys it adds, safety, the oracle, non-responders.
+
+Runs in process (run_sim_command with an argparse Namespace) to save the interpreter start-up;
+`tests/test_sim_cli.py` covers the subprocess path."""
+import argparse
+import math
+
+import pytest
+
+from controller.oracle import oracle_grid, oracle_search, run_fixed
+from controller.simulate import run_sim_command, sim_config
+from sim.command import Stimulation
+
+BAYES_KEYS = {"best_params", "epochs", "non_responder", "oracle_params",
+              "oracle_pain_reduction", "oracle_fraction", "unsafe_trials"}
+PARAM_KEYS = {"frequency_Hz", "amplitude_mA", "pulse_width_us"}
+
+
+def _args(tmp_path, profile, days, seed, config=None):
+    return argparse.Namespace(profile=profile, policy="bayes", days=days, hours=None,
+                              seed=seed, ecg=False, config=config, out=str(tmp_path), json=True)
+
+
+@pytest.fixture(scope="module")
+def fibro(tmp_path_factory):
+    return run_sim_command(_args(tmp_path_factory.mktemp("fibro"), "fibromyalgia", 1.0, 1))
+
+
+def test_sim_config_defaults_for_simulation(tmp_path):
+    cfg = sim_config(_args(tmp_path, "fibromyalgia", 1.0, 0))
+    assert cfg.tick_hz == 1.0 and cfg.epoch_s == 900.0 and cfg.policy.kind == "bayes"
+    toml = tmp_path / "c.toml"
+    toml.write_text("[loop]\ntick_hz = 2.0\n[policy.bayes]\nepoch_s = 300.0\n")
+    cfg = sim_config(_args(tmp_path, "fibromyalgia", 1.0, 0, config=str(toml)))
+    assert cfg.tick_hz == 2.0 and cfg.epoch_s == 300.0      # a config file wins
+
+
+def test_bayes_sim_fibromyalgia_is_safe_and_complete(fibro):
+    r = fibro
+    assert BAYES_KEYS <= r.keys()
+    assert r["limit_violations"] == 0
+    assert r["sim_seconds"] == 86400.0
+    assert set(r["best_params"]) == PARAM_KEYS and set(r["oracle_params"]) == PARAM_KEYS
+    assert 5.0 <= r["best_params"]["frequency_Hz"] <= 30.0
+    assert 0.0 < r["best_params"]["amplitude_mA"] <= 2.5
+    # a day of 15-min epochs
+    assert 86400 / 900 - 2 <= r["epochs"] <= 86400 / 900
+    assert isinstance(r["non_responder"], bool)
+    assert r["oracle_pain_reduction"] > 0.0
+    assert math.isclose(r["oracle_fraction"], r["pain_reduction"] / r["oracle_pain_reduction"])
+    # every side effect the patient counted falls in some trial, and only such trials count
+    events = r["discomfort_events"] + r["bradycardia_events"] + r["asystole_events"]
+    assert r["unsafe_trials"] == len(r["unsafe_trial_list"]) <= events
+    assert (r["unsafe_trials"] > 0) == (events > 0)
+    assert sum(t["discomfort_events"] + t["bradycardia_events"] + t["asystole_events"]
+               for t in r["unsafe_trial_list"]) == events
+
+
+# Over one day the responder is not called a non-responder. (Over 14 days it was, for
+# fibromyalgia seeds 1 and 2 in bench/bayes_cohort.py: see the report on issue 5.)
+def test_bayes_does_not_call_a_responder_a_non_responder(fibro):
+    assert fibro["non_responder"] is False
+
+
+def test_oracle_is_the_best_safe_fixed_setting():
+    days = 1.0
+    found = oracle_search("fibromyalgia", 2, days * 86400.0)
+    grid = found["grid"]
+    assert found["candidates"] == len(grid) == len(oracle_grid()) >= 40
+    # some candidates break a constraint (high charge at high frequency: discomfort) ...
+    assert 0 < found["safe_candidates"] < found["candidates"]
+    assert not all(row["safe"] for row in grid)
+    # ... the oracle is none of them, it helps, and it is the best of the safe ones
+    p = found["params"]
+    assert found["pain_reduction"] > 0.0
+    assert found["pain_reduction"] == max(row["pain_reduction"] for row in grid if row["safe"])
+    again = run_fixed("fibromyalgia", 2, Stimulation(p["amplitude_mA"], p["frequency_Hz"],
+                                                     p["pulse_width_us"], 30.0, 300.0, True),
+                      days * 86400.0)
+    assert again.counters["discomfort_events"] == 0
+    assert again.counters["bradycardia_events"] <= found["baseline_counters"]["bradycardia_events"]
+    assert math.isclose(found["baseline_pain"] - again.pain_mean, found["pain_reduction"])
+    assert 5.0 <= p["frequency_Hz"] <= 30.0 and 0.0 < p["amplitude_mA"] <= 2.5
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known: with the default [policy.bayes] settings (15-min epochs, 1 day: ~90 scored "
+    "epochs; also tried 10-min epochs, seeds 1 and 2: not flagged either) the GP's upper "
+    "bound on relief stays above non_responder_threshold somewhere among the tried "
+    "settings, so the non_responder profile is not called one, while fibromyalgia patients "
+    "are. Remove this mark once the non-responder rule is fixed in controller/bayes.py."))
+def test_bayes_sim_finds_the_non_responder(tmp_path):
+    r = run_sim_command(_args(tmp_path, "non_responder", 1.0, 1))
+    assert r["limit_violations"] == 0
+    assert r["non_responder"] is True
+    assert r["non_responder_at_s"] is not None and r["non_responder_at_s"] < 86400.0
+    # the oracle agrees that little is to be had
+    assert r["oracle_pain_reduction"] < 0.5

@@ -282,7 +282,9 @@ def replay_file(path: str | Path, config: Config | None = None,
             if st is not None:
                 fs = next((s.fs for s in source.streams if s.name == STATE_STREAM), 0.0)
                 live_tick_s = 1.0 / fs if fs > 0 else tick_s
-            t0 = float(ticks[0]) - live_tick_s
+            started = [e for e in rec_events if e.get("kind") == "loop.started"]
+            t0 = (float(started[-1]["data"]["t0"]) if started
+                  else float(ticks[0]) - live_tick_s)
         else:
             ticks, skipped, skips = _grid_ticks(t0, source.t_end, tick_s, data_t)
     for a, b in skips:

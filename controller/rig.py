@@ -52,14 +52,17 @@ def run_realtime(config: Config, *, seconds: float | None, record: str | None = 
     source = LSLSource(specs, clock, resolve_timeout=resolve_timeout)
     outputs = LSLOutputs(source_id=source_id, tick_hz=config.tick_hz)
     input_ids = [inlet.source_id for inlet in source.inlets.values()]
+    ControlLoop.warm_up(config, {role: inlet.fs for role, inlet in source.inlets.items()})
     recorder = None
     if record:
         ids = [*input_ids, *outputs.stream_source_ids.values(), *(extra_record_ids or [])]
         recorder = Recorder(record, ids)
         recorder.start()
         # What arrived before LabRecorder subscribed is not in the file: start the loop on
-        # data the recording also holds, so that a replay sees the same inputs.
-        source.poll()
+        # data the recording also holds, so that a replay sees the same inputs. One pull is
+        # bounded by the inlet's chunk size, so drain until nothing is left.
+        while source.poll()[0]:
+            pass
     t0 = clock.now()
     loop = ControlLoop(config, outputs, t0)
     for role, inlet in source.inlets.items():

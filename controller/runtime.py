@@ -82,6 +82,9 @@ class ControlLoop:
         self._next_epoch = t0 + self.epoch_s
         self.state = StateEstimate(t=t0)
         self.fed_t: dict[str, float] = {}
+        # The loop's start defines its baseline period: a replay needs it.
+        self._event(Event(t0, "loop.started", "runtime", "control loop started",
+                          {"t0": t0, "policy": config.policy.kind, "tick_hz": config.tick_hz}))
         self.proposal: Stimulation = Stimulation()
         self.last_beat_t: float | None = None
         self.beats = 0
@@ -245,6 +248,31 @@ class ControlLoop:
 
     def _event(self, ev: Event) -> None:
         self.out.send_event(ev)
+
+    @staticmethod
+    def warm_up(config: Config, input_rates: dict[str, float]) -> None:
+        """Compile (or load from numba's cache) every kernel the loop uses, on a throwaway loop
+        fed synthetic inputs, so that no tick of the real loop waits for the JIT."""
+        loop = ControlLoop(config, OutputLog(), 0.0)
+        t = np.arange(0.0, 8.0, 1.0 / 250.0)
+        for role, fs in input_rates.items():
+            if fs > 0 and role in ("ecg", "resp", "eda"):
+                loop.set_input_rate(role, fs)
+        beats = np.arange(0.8, 8.0, 0.8)
+        ecg = np.zeros_like(t)
+        ecg[np.searchsorted(t, beats)] = 1.0
+        fs_ecg = input_rates.get("ecg", 250.0) or 250.0
+        te = np.arange(0.0, 8.0, 1.0 / fs_ecg)
+        loop.feed(Chunk("ecg", np.interp(te, t, ecg)[:, None], te))
+        loop.feed(Chunk("rr", np.full((len(beats), 1), 800.0), beats + 8.0))
+        for role in ("resp", "eda"):
+            fs = input_rates.get(role, 25.0) or 25.0
+            tr = np.arange(0.0, 8.0, 1.0 / fs)
+            loop.feed(Chunk(role, np.sin(tr)[:, None] + 2.0, tr))
+        loop.feed(Chunk("ratings", ["NRS:5", "SIDE_EFFECT:cough"], np.array([9.0, 9.5])))
+        loop.feed(Chunk("operator", ["STOP", "RESUME"], np.array([9.6, 9.7])))
+        for k in range(1, 60):
+            loop.tick(8.0 + k / 4.0)
 
     def tick_stats_us(self) -> dict[str, float]:
         if not self.tick_compute_ns:

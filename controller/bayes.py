@@ -48,8 +48,11 @@ class GridGP:
     and z, so an update costs O(n * m) instead of a refit."""
 
     def __init__(self, grid_unit: np.ndarray, lengthscales: np.ndarray, signal_sd: float,
-                 noise_sd: float, prior_mean: float = 0.0, capacity: int = 64):
+                 noise_sd: float, prior_mean: float = 0.0, capacity: int = 64,
+                 prior_slope: np.ndarray | None = None):
+        """`prior_mean` + `prior_slope` . x (inputs normalised to [0, 1]) is the prior mean."""
         self.lengthscales = np.asarray(lengthscales, float)
+        self.prior_slope = None if prior_slope is None else np.asarray(prior_slope, float)
         self.grid = grid_unit / self.lengthscales
         self.s2 = signal_sd ** 2
         self.signal_sd = signal_sd
@@ -63,6 +66,8 @@ class GridGP:
         self.z = np.empty(capacity)
         self.noise2 = np.empty(capacity)
         self.mean = np.full(m, float(prior_mean))
+        if self.prior_slope is not None:
+            self.mean += grid_unit @ self.prior_slope
         self.var = np.full(m, self.s2)
 
     def _grow(self) -> None:
@@ -90,7 +95,10 @@ class GridGP:
             row = np.empty(0)
         diag = math.sqrt(max(self.s2 + noise2 - row @ row, 1e-12))
         v = (k_grid - row @ self.V[:n]) / diag
-        z = (y - self.prior_mean - row @ self.z[:n]) / diag
+        prior = self.prior_mean
+        if self.prior_slope is not None:
+            prior += float(np.asarray(x_unit, float) @ self.prior_slope)
+        z = (y - prior - row @ self.z[:n]) / diag
         self.L[n, :n] = row
         self.L[n, n] = diag
         self.V[n] = v
@@ -126,6 +134,9 @@ class BayesSettings:
     seed_amplitude_mA: float = 0.5
     max_amp_step_mA: float = 0.5               # largest amplitude rise between epochs
     acquisition: str = "safeopt"
+    # SafeOpt's pick among maximisers and expanders: "upper" (highest upper bound on relief)
+    # or "width" (most uncertain, the original rule: pure exploration of the safe set)
+    safeopt_select: str = "width"
     thompson_max_points: int = 400             # draw over a random subset beyond this (cost)
     beta: float = 2.0                          # objective confidence bounds
     beta_safe: float = 2.0                     # constraint confidence bounds
@@ -134,14 +145,32 @@ class BayesSettings:
     # frequency: the safety GPs get a longer frequency scale than the objective.
     lengthscales: tuple[float, ...] = (0.3, 0.3, 0.4)
     safety_lengthscales: tuple[float, ...] = (0.6, 0.3, 0.4)
-    objective_sd: float = 2.0                  # prior sd of pain reduction (NRS points)
-    objective_noise_sd: float = 0.5
+    objective_sd: float = 1.0                  # prior sd of pain reduction (NRS points)
+    # Prior mean of relief: rising linearly with amplitude, from 0 at the lowest to this at
+    # the highest (relief follows fibre recruitment, which grows with charge), so the search
+    # climbs the dose while it is safe instead of mapping sub-therapeutic settings first.
+    dose_prior_NRS: float = 1.0
+    objective_noise_sd: float = 0.4
     hr_max_drop_bpm: float = 5.0               # heart rate may drop at most this much in trains
     hr_sd: float = 4.0
     hr_noise_sd: float = 1.0
     discomfort_noise_sd: float = 0.3
-    non_responder_epochs: int = 10
-    non_responder_threshold: float = 1.5       # NRS points: below this, no credible relief
+    # Trials. Relief builds over minutes (inhibition, onset ~3 min) and fades over 15-30 min,
+    # and the pain estimate follows ratings made every 30-60 min while awake, so a setting is
+    # held for `trial_s` (several of the runtime's epochs; the trial ends at the first epoch
+    # boundary at or after it) and scored only over the part after `washout_s`, where the
+    # previous setting's carry-over has faded. The score is the level of estimated pain there
+    # below the patient's unstimulated reference: the estimate at the end of `reference_s`
+    # with stimulation off, right after the estimator's baseline (0: the estimate when the
+    # baseline is ready).
+    trial_s: float = 7200.0
+    washout_s: float = 2700.0
+    reference_s: float = 7200.0
+    # Non-responder: for `non_responder_epochs` scored trials in a row, relief at every
+    # setting tried is credibly (mean + non_responder_beta sd) below the threshold ...
+    non_responder_epochs: int = 4
+    non_responder_threshold: float = 0.5       # NRS points below the unstimulated reference
+    non_responder_beta: float = 0.25
     # ... and only once a dose this high (or the highest safe one) has been tried: relief is
     # not expected at sub-therapeutic amplitudes.
     non_responder_min_amp_mA: float = 1.5
@@ -153,6 +182,8 @@ class BayesSettings:
     def __post_init__(self) -> None:
         if self.acquisition not in ACQUISITIONS:
             raise ValueError(f"acquisition must be one of {ACQUISITIONS}, got {self.acquisition!r}")
+        if self.safeopt_select not in ("upper", "width"):
+            raise ValueError(f"safeopt_select must be 'upper' or 'width', got {self.safeopt_select!r}")
         if self.fallback not in ("low", "off"):
             raise ValueError(f"fallback must be 'low' or 'off', got {self.fallback!r}")
 
@@ -221,23 +252,31 @@ class SafeBayesPolicy:
         m = self.grid.shape[0]
         dims = len(self.axes)
         ls, safety_ls = s.lengthscales[:dims], s.safety_lengthscales[:dims]
-        self.objective = GridGP(self._unit_grid, ls, s.objective_sd, s.objective_noise_sd)
+        slope = np.zeros(dims)
+        slope[1] = s.dose_prior_NRS
+        self.objective = GridGP(self._unit_grid, ls, s.objective_sd, s.objective_noise_sd,
+                                prior_slope=slope)
         self.hr_gp = GridGP(self._unit_grid, safety_ls, s.hr_sd, s.hr_noise_sd)
         self.discomfort_gp = GridGP(self._unit_grid, safety_ls, 1.0, s.discomfort_noise_sd)
         self.rng = np.random.default_rng(s.rng_seed)
         self.history: list[tuple[dict[str, float], float, dict[str, float]]] = []
         self.tried = np.zeros(m, bool)
+        self.reported_unsafe = np.zeros(m, bool)
         self.seed_ok = True
         self.non_responder = False
         self._no_relief_epochs = 0
         self.current: dict[str, float] | None = self.params_at(self.seed_index)
         self.last_reason = "seed"
         self.started = False
+        self._phase = "wait"
+        self._ref_end = t
+        self.reference = (NAN, NAN)
         self._epoch_t0 = t
         self._pain0 = (NAN, NAN)
         self._aborted = False
         self._hr_sum = 0.0
         self._hr_n = 0
+        self._win_sum, self._win_sd_sum, self._win_n = 0.0, 0.0, 0
         self.clock.reset()
         self.hr.reset()
 
@@ -251,6 +290,7 @@ class SafeBayesPolicy:
         for gp in self.constraints:
             safe &= gp.mean - beta * gp.sd >= 0.0
         safe[self.seed_index] |= self.seed_ok
+        safe &= ~self.reported_unsafe
         return safe
 
     @property
@@ -280,22 +320,33 @@ class SafeBayesPolicy:
             self.hr_gp.add(x, hr_change_bpm + s.hr_max_drop_bpm)
         self.discomfort_gp.add(x, -1.0 if discomfort else 1.0)
         index = self.nearest(params)
-        if discomfort and index == self.seed_index:
-            self.seed_ok = False
+        if discomfort:
+            # A reported side effect rules out this setting and, since side effects follow
+            # recruitment (charge), every higher amplitude at the same frequency and pulse
+            # width, whatever the GP (which may have seen it pass many times) says.
+            g = self.grid
+            same = np.all(np.delete(g, 1, axis=1) == np.delete(g[index], 1), axis=1)
+            self.reported_unsafe |= same & (g[:, 1] >= g[index, 1] - 1e-9)
+            if index == self.seed_index or self.reported_unsafe[self.seed_index]:
+                self.seed_ok = False
         self.tried[index] = True
 
     def _update_non_responder(self) -> None:
+        """Count scored trials in a row, once a therapeutic dose has been tried, in which relief
+        is credibly below the threshold at every safe setting tried so far."""
         s = self.settings
         safe = self.safe_mask()
         tried = np.flatnonzero(self.tried & safe)
-        upper = self.objective.mean[tried] + s.beta * self.objective.sd[tried]
-        if len(tried) and upper.max() < s.non_responder_threshold:
+        if len(tried) == 0:
+            return
+        dose = min(s.non_responder_min_amp_mA, self.grid[safe, 1].max())
+        dosed = self.grid[tried, 1].max() >= dose - 1e-9
+        upper = self.objective.mean[tried] + s.non_responder_beta * self.objective.sd[tried]
+        if dosed and upper.max() < s.non_responder_threshold:
             self._no_relief_epochs += 1
         else:
             self._no_relief_epochs = 0
-        dose = min(s.non_responder_min_amp_mA, self.grid[safe, 1].max())
-        dosed = len(tried) > 0 and self.grid[tried, 1].max() >= dose - 1e-9
-        if dosed and self._no_relief_epochs >= s.non_responder_epochs:
+        if self._no_relief_epochs >= s.non_responder_epochs:
             self.non_responder = True
 
     def ask(self) -> dict[str, float] | None:
@@ -337,12 +388,17 @@ class SafeBayesPolicy:
         choice = (maximisers | expanders) & reachable
         if not choice.any():
             return self._argmax(upper, reachable), "ucb (no maximiser or expander in reach)"
-        # The most uncertain of them, in units of each GP's prior sd: a maximiser by how much
-        # it could teach about relief, an expander by how much about safety.
-        width = np.where(maximisers, f.sd / f.signal_sd, 0.0)
-        for gp in self.constraints:
-            width = np.maximum(width, np.where(expanders, gp.sd / gp.signal_sd, 0.0))
-        index = self._argmax(width, choice)
+        if s.safeopt_select == "upper":
+            # The most promising of them (relief's upper bound): every trial costs the
+            # patient hours of therapy, so exploration follows the optimistic relief.
+            index = self._argmax(upper, choice)
+        else:
+            # The most uncertain of them, in units of each GP's prior sd: a maximiser by how
+            # much it could teach about relief, an expander by how much about safety.
+            width = np.where(maximisers, f.sd / f.signal_sd, 0.0)
+            for gp in self.constraints:
+                width = np.maximum(width, np.where(expanders, gp.sd / gp.signal_sd, 0.0))
+            index = self._argmax(width, choice)
         return index, "expander" if expanders[index] and not maximisers[index] else "maximiser"
 
     def _neighbours_any(self, mask: np.ndarray) -> np.ndarray:
@@ -401,52 +457,90 @@ class SafeBayesPolicy:
         return int(idx[np.argmax(draw)])
 
     # ---- the Policy interface --------------------------------------------------------------
+    # Phases: "wait" (estimator baseline not ready: off), "reference" (off for reference_s, then
+    # the unstimulated reference is taken), "trial" (holding a setting; scored at its end).
     def decide(self, t: float, state: StateEstimate, current: Stimulation) -> Stimulation:
         phase = self.clock.phase(t, current)
         change = self.hr.update(t, state.hr_bpm, phase, current.train_on_s)
-        if not self.started:
+        if self._phase == "wait":
             if not state.baseline_ready:
                 return self.stimulation(None)
             self.started = True
-            self._begin_epoch(t, state)
+            self._phase = "reference"
+            self._ref_end = t + self.settings.reference_s
+            if self.settings.reference_s <= 0:
+                self._take_reference(t, state)
+        if self._phase == "reference":
+            return self.stimulation(None)
         if math.isfinite(change):
             self._hr_sum += change
             self._hr_n += 1
+        if (t >= self._epoch_t0 + self.settings.washout_s and math.isfinite(state.pain_mean)):
+            self._win_sum += state.pain_mean
+            self._win_sd_sum += state.pain_sd if math.isfinite(state.pain_sd) else NAN
+            self._win_n += 1
         return self.stimulation(self.current)
+
+    def _take_reference(self, t: float, state: StateEstimate) -> None:
+        self.reference = (state.pain_mean, state.pain_sd)
+        self._phase = "trial"
+        self._begin_epoch(t, state)
 
     def _begin_epoch(self, t: float, state: StateEstimate) -> None:
         self._epoch_t0 = t
         self._pain0 = (state.pain_mean, state.pain_sd)
         self._aborted = False
         self._hr_sum, self._hr_n = 0.0, 0
+        self._win_sum, self._win_sd_sum, self._win_n = 0.0, 0.0, 0
+
+    def trial_score(self) -> tuple[float, float | None]:
+        """Relief over the scored part of the current trial (reference minus the mean pain
+        estimate after the washout) and its sd; NaN when nothing was scored."""
+        ref, ref_sd = self.reference
+        if self._win_n == 0 or not math.isfinite(ref):
+            return NAN, None
+        relief = ref - self._win_sum / self._win_n
+        sd = self._win_sd_sum / self._win_n
+        sds = (ref_sd, sd)
+        return relief, (math.hypot(*sds) if all(math.isfinite(v) for v in sds) else None)
 
     def on_epoch(self, t: float, state: StateEstimate) -> list[Event]:
-        if not self.started:
+        if self._phase == "wait":
             return []
+        if self._phase == "reference":
+            if t < self._ref_end - 1e-6 or not math.isfinite(state.pain_mean):
+                return []
+            self._take_reference(t, state)
+            return [self._decision_event(t, reason_prefix="reference taken; ")]
+        if t < self._epoch_t0 + self.settings.trial_s - 1e-6:
+            return []                     # the trial goes on
         events: list[Event] = []
         tried = self.current
         if tried is not None and not self._aborted and not self.non_responder:
-            relief = self._pain0[0] - state.pain_mean
-            sds = (self._pain0[1], state.pain_sd)
-            relief_sd = math.hypot(*sds) if all(math.isfinite(v) for v in sds) else None
+            relief, relief_sd = self.trial_score()
             hr = self._hr_sum / self._hr_n if self._hr_n else NAN
             self.tell(tried, relief, hr, objective_sd=relief_sd)
             if self.non_responder:
                 events.append(Event(t, "policy.non_responder", self.name,
-                                    f"no credible pain relief after {len(self.history)} epochs; "
+                                    f"no credible pain relief after {len(self.history)} trials; "
                                     f"falling back to {self.settings.fallback}",
-                                    {"epochs": len(self.history), "best_params": self.best_params}))
-        nxt = self.ask()
+                                    {"epochs": len(self.history), "best_params": self.best_params,
+                                     "reference_pain": self.reference[0]}))
+        self.ask()
         self._begin_epoch(t, state)
-        events.append(Event(t, "policy.decision", self.name, _describe(nxt, self.last_reason),
-                            {"params": nxt, "reason": self.last_reason,
-                             "safe_settings": int(self.safe_mask().sum()),
-                             "epochs": len(self.history)}))
+        events.append(self._decision_event(t))
         return events
+
+    def _decision_event(self, t: float, reason_prefix: str = "") -> Event:
+        nxt = self.current
+        return Event(t, "policy.decision", self.name, _describe(nxt, reason_prefix + self.last_reason),
+                     {"params": nxt, "reason": reason_prefix + self.last_reason,
+                      "safe_settings": int(self.safe_mask().sum()),
+                      "epochs": len(self.history)})
 
     def notify_unsafe(self, t: float, stim: Stimulation, reason: str) -> None:
         """Record the violation where it happened and step down at once to the nearest safe
-        setting below it; the interrupted epoch is not scored."""
+        setting below it; the interrupted trial is not scored, and a new one starts here."""
         s = self.settings
         params = {"frequency_Hz": stim.frequency_Hz, "amplitude_mA": stim.amplitude_mA,
                   "pulse_width_us": stim.pulse_width_us}
@@ -454,9 +548,12 @@ class SafeBayesPolicy:
         # A cardiac event is a clear violation of the heart-rate margin; otherwise discomfort.
         hr = -(s.hr_max_drop_bpm + s.hr_sd) if cardiac else NAN
         self._observe(params, NAN, hr, discomfort=not cardiac)
-        self._aborted = True
         safe = self.safe_mask()
         lower = safe & (self.grid[:, 1] <= stim.amplitude_mA - s.amp_step + 1e-9)
+        if self._phase == "trial":
+            self._epoch_t0 = t                      # the stepped-down setting: a new trial
+            self._hr_sum, self._hr_n = 0.0, 0
+            self._win_sum, self._win_sd_sum, self._win_n = 0.0, 0.0, 0
         if not lower.any():
             self.current = None
             self.last_reason = f"unsafe ({reason}): off"

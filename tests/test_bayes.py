@@ -112,14 +112,17 @@ def test_discomfort_steps_down_and_region_becomes_unsafe():
 
 
 def test_policy_interface_over_epochs():
-    """decide/on_epoch as the runtime drives them: the objective is the pain drop over the
-    epoch, the constraint the heart-rate change measured in trains."""
-    s = BayesSettings(train_on_s=30.0, train_off_s=60.0)
+    """decide/on_epoch as the runtime drives them: stimulation off for the reference period,
+    then each setting held for a trial of two runtime epochs; the objective is the unstimulated
+    reference minus the mean pain estimate after the washout, the constraint the heart-rate
+    change measured in trains."""
+    s = BayesSettings(train_on_s=30.0, train_off_s=60.0, reference_s=120.0, trial_s=1200.0,
+                      washout_s=600.0)
     pol = SafeBayesPolicy(s)
     pol.reset(0.0)
     current, t_on, pain = Stimulation(), None, 6.0
     events = []
-    for k in range(3 * 600 + 120):
+    for k in range(600 + 3 * 1200 + 120):
         t = float(k)
         if current.enabled and t_on is None:
             t_on = t
@@ -131,29 +134,54 @@ def test_policy_interface_over_epochs():
         if k > 0 and k % 600 == 0:
             events += pol.on_epoch(t, state)
         current = pol.decide(t, state, current)
-        if t < 60:
+        if t < 600:          # baseline, then the reference period (to the next epoch boundary)
             assert not current.enabled
         else:
             assert current.enabled and current.train_on_s == 30.0 and current.train_off_s == 60.0
-    assert [e.kind for e in events] == ["policy.decision"] * 3
+    # one decision when the reference is taken, then one per trial (not per runtime epoch)
+    assert [e.kind for e in events] == ["policy.decision"] * 4
+    assert [e.t for e in events] == [600.0, 1800.0, 3000.0, 4200.0]
+    assert pol.reference == (6.0, 0.2)
     assert len(pol.history) == 3
     params, objective, constraints = pol.history[0]
     assert params["amplitude_mA"] == pytest.approx(0.5)
-    assert objective == pytest.approx(relief(20.0, 0.5) * 540 / 600, rel=1e-6)
+    # pain fell linearly from t = 600; the scored part is t = 1200 ... 1799 (mean 899.5 s in)
+    assert objective == pytest.approx(relief(20.0, 0.5) * 899.5 / 600, rel=1e-6)
     assert constraints["hr_change_bpm"] == pytest.approx(hr_drop(20.0, 0.5), abs=1e-9)
     for e in events:
         e.to_json()
 
 
-def test_on_epoch_reports_non_responder_once():
-    pol = SafeBayesPolicy(BayesSettings(non_responder_epochs=3, non_responder_min_amp_mA=0.5))
+def _constant_relief_run(relief_nrs, trials=8):
+    """The runtime loop on a patient whose estimated pain sits `relief_nrs` below the
+    unstimulated reference whenever stimulation is on."""
+    pol = SafeBayesPolicy(BayesSettings(non_responder_epochs=3, non_responder_min_amp_mA=0.5,
+                                        reference_s=0.0, trial_s=600.0, washout_s=300.0))
     pol.reset(0.0)
-    state = StateEstimate(t=0.0, hr_bpm=70.0, pain_mean=6.0, pain_sd=0.1, baseline_ready=True)
-    pol.decide(0.0, state, Stimulation())
+    current = Stimulation()
     kinds = []
-    for k in range(1, 8):
-        kinds += [e.kind for e in pol.on_epoch(600.0 * k, state)]
-        pol.decide(600.0 * k, state, pol.stimulation(pol.current))
+    for k in range(600 * trials + 1):
+        t = float(k)
+        state = StateEstimate(t=t, hr_bpm=70.0, pain_sd=0.1, baseline_ready=True,
+                              pain_mean=6.0 - (relief_nrs if current.enabled else 0.0))
+        if k > 0 and k % 600 == 0:
+            kinds += [e.kind for e in pol.on_epoch(t, state)]
+        current = pol.decide(t, state, current)
+    return pol, kinds
+
+
+def test_on_epoch_reports_non_responder_once():
+    pol, kinds = _constant_relief_run(0.0)
     assert kinds.count("policy.non_responder") == 1
     assert pol.non_responder
     assert pol.current["amplitude_mA"] == pytest.approx(0.5)
+
+
+def test_non_responder_judged_against_the_unstimulated_reference():
+    """No change from one trial to the next (relief does not build within a trial here), but a
+    steady 1 NRS below the reference: a responder. 0.2 NRS below: a non-responder."""
+    pol, kinds = _constant_relief_run(1.0)
+    assert not pol.non_responder and "policy.non_responder" not in kinds
+    assert all(obj == pytest.approx(1.0) for _, obj, _ in pol.history)
+    pol, kinds = _constant_relief_run(0.2)
+    assert pol.non_responder and kinds.count("policy.non_responder") == 1

@@ -106,8 +106,9 @@ def test_every_shared_xdf_replays_via_cli(shared_data, tmp_path):
         lines = Path(res["events_jsonl"]).read_text().splitlines()
         assert len(lines) == res["events"] and all("kind" in json.loads(x) for x in lines)
     # clock_resets.xdf: its gap and resets are events, not a crash
-    res = json.loads(Path(tmp_path / "clock_resets-replay-events.jsonl").read_text().splitlines()[0])
-    assert res["kind"].startswith("xdf.")
+    lines = Path(tmp_path / "clock_resets-replay-events.jsonl").read_text().splitlines()
+    kinds = {json.loads(x)["kind"] for x in lines}
+    assert {"xdf.clock_reset", "xdf.gap", "loop.started"} <= kinds
 
 
 def test_missing_and_non_xdf_files_are_clear_errors(tmp_path):

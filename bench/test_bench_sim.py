@@ -3,7 +3,6 @@
 One 24 h advance at beat level, with respiration at 25 Hz (the lowest rate of the stream
 contract, and the most the respiration processor needs) and EDA at 4 Hz: goal >= 1e6 x real
 time. And the lockstep path: one advance per 0.25 s control tick (goal: overhead < 20 µs)."""
-import time
 
 from sim.command import Stimulation
 from sim.patient import VirtualPatient, warmup

@@ -51,6 +51,8 @@ class OpenPolicyConfig:
     pulse_width_us: float = spec(250.0, ABS_PULSE_WIDTH_MIN_US, ABS_PULSE_WIDTH_MAX_US, "us")
     train_on_s: float = spec(30.0, 0.5, ABS_TRAIN_ON_MAX_S, "s")
     train_off_s: float = spec(300.0, 0.5, 86400.0, "s")
+    # false: stimulate from the first tick (benches); true keeps the baseline unstimulated
+    wait_for_baseline: bool = True
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,10 @@ Paths, each as push-to-arrival in microseconds:
   never stale) to the next command, i.e. the next control tick; dominated by the tick phase
   (uniform over one tick period), reported for completeness.
 
-Bench-only changes in the serving process (never in a rig): the open-loop policy does not wait
-for the HRV baseline (`wait_for_baseline=False`), so that it stimulates from the first tick;
-the tick rate is 10 Hz; `sys.setswitchinterval` may be lowered (`switch_interval_s`; off by
-default: 5e-4 and 5e-5 s made no difference beyond the noise on the shared 2-core machines).
-The serving process prints, per cycle, a breakdown of the STOP path inside it: marker stamp to
-the watcher thread (`marker_in_us`), wait for the loop lock (`marker_lock_us`), and the
-supervisor until the off command has been pushed plus its event (`marker_handle_us`).
+The bench's controller config: open loop without waiting for the HRV baseline
+(`policy.open.wait_for_baseline = false`), so that it stimulates from the first tick, at a
+10 Hz tick; `sys.setswitchinterval` may be lowered (`switch_interval_s`; off by default: 5e-4
+and 5e-5 s made no difference beyond the noise on the shared 2-core machines).
 """
 from __future__ import annotations
 
@@ -148,40 +145,9 @@ def serve_controller(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     if spec.get("switch_interval_s"):
         sys.setswitchinterval(float(spec["switch_interval_s"]))
-    import controller.runtime as runtime
     from controller.config import Config
-    from controller.policies import OpenLoopPolicy, OpenLoopSettings, make_policy, settings_from
     from controller.rig import run_realtime
 
-    def bench_policy(kind, section=None):   # bench only: stimulate from the first tick
-        if kind == "open":
-            s = settings_from(OpenLoopSettings, section)
-            s.wait_for_baseline = False
-            return OpenLoopPolicy(s)
-        return make_policy(kind, section)
-
-    runtime.make_policy = bench_policy
-    # Trace the STOP path inside this process: marker stamp (the bench's push time, same host
-    # clock) -> the watcher has it -> the command has been pushed.
-    import controller.rig as rig
-    trace: list[tuple[float, float, float, float]] = []
-    orig_init = rig.OperatorWatcher.__init__
-    orig_marker = runtime.ControlLoop._marker
-    entered = [0.0]
-
-    def traced_marker(self, t, text):
-        entered[0] = pylsl.local_clock()
-        return orig_marker(self, t, text)
-
-    def traced_init(self, inlet, handle, stop):
-        def h(t, text):
-            t_in = pylsl.local_clock()
-            handle(t, text)
-            trace.append((t, t_in, entered[0], pylsl.local_clock()))
-        orig_init(self, inlet, h, stop)
-
-    rig.OperatorWatcher.__init__ = traced_init
-    runtime.ControlLoop._marker = traced_marker
     config = Config.from_dict(spec["config"])
     quit_ = threading.Event()
 
@@ -196,14 +162,9 @@ def serve_controller(spec_path: str) -> None:
         sid = f"{spec['source_id']}-c{k}"
         res = run_realtime(config, seconds=spec.get("seconds"), source_id=sid, resolve_timeout=20.0)
         loop = res["loop"]
-        tr = np.asarray(trace, float).reshape(-1, 4)
-        trace.clear()
         print(json.dumps({"cycle": k, "source_id": sid, "stop_reason": res["stop_reason"],
                           "commands": loop.n_commands, "beats": loop.beats,
-                          "tick_us": loop.tick_stats_us(),
-                          "marker_in_us": _stats(((tr[:, 1] - tr[:, 0]) * 1e6).tolist()),
-                          "marker_lock_us": _stats(((tr[:, 2] - tr[:, 1]) * 1e6).tolist()),
-                          "marker_handle_us": _stats(((tr[:, 3] - tr[:, 2]) * 1e6).tolist())},
+                          "tick_us": loop.tick_stats_us()},
                          default=float), flush=True)
         res["outputs"].close()
         k += 1
@@ -302,7 +263,8 @@ def run_bench(samples: int = 300, *, brady: int | None = None, out: str | Path |
            "streams": {"rr": {"type": "RR", "source_id": rr_sid},
                        "operator": {"type": "Markers", "source_id": op_sid}},
            "policy": {"kind": "open", "open": {"amplitude_mA": 1.0, "train_on_s": 30.0,
-                                               "train_off_s": 30.0}}}
+                                               "train_off_s": 30.0,
+                                               "wait_for_baseline": False}}}
     out_dir = Path(out) if out else Path(".")
     out_dir.mkdir(parents=True, exist_ok=True)
     spec_path = out_dir / f"bench-serve-{uid}.json"

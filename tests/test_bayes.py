@@ -1,5 +1,4 @@
 """Safe Bayesian optimisation on synthetic patients with a known optimum and unsafe region."""
-import math
 
 import numpy as np
 import pytest

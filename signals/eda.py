@@ -23,6 +23,7 @@ import numpy as np
 from numba import njit
 from scipy.signal import butter, sosfilt_zi
 
+from signals.chunk import one_channel
 from signals.events import Event
 from signals.resp import _sos_step
 
@@ -141,17 +142,8 @@ class EDAProcessor:
         return self._phasic[: self._n_last]
 
     def process(self, x, t) -> list[Event]:
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim == 2:
-            if self._n_channels is not None and x.shape[1] != self._n_channels:
-                self.reset()
-            self._n_channels = x.shape[1]
-            x = x[:, self.channel]
-        x = np.ascontiguousarray(x)
-        t = np.ascontiguousarray(t, dtype=np.float64)
+        x, t = one_channel(self, x, t)
         n = len(x)
-        if len(t) != n:   # the kernel does no bounds checks
-            raise ValueError(f"{n} samples but {len(t)} time stamps")
         if len(self._tonic) < n:
             m = max(n, 2 * len(self._tonic))
             self._tonic = np.empty(m)

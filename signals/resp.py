@@ -34,6 +34,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from signals.chunk import one_channel
 from numba import njit
 from scipy.signal import butter, sosfilt_zi
 
@@ -201,17 +203,8 @@ class RespirationProcessor:
         return self._y[: self._n_last]
 
     def process(self, x, t) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim == 2:
-            if self._n_channels is not None and x.shape[1] != self._n_channels:
-                self.reset()
-            self._n_channels = x.shape[1]
-            x = x[:, self.channel]
-        x = np.ascontiguousarray(x)
-        t = np.ascontiguousarray(t, dtype=np.float64)
+        x, t = one_channel(self, x, t)
         n = len(x)
-        if len(t) != n:   # the kernel does no bounds checks
-            raise ValueError(f"{n} samples but {len(t)} time stamps")
         if len(self._y) < n:
             self._y = np.empty(max(n, 2 * len(self._y)))
             self._on = np.empty_like(self._y)

@@ -371,7 +371,7 @@ def replay_file(path: str | Path, config: Config | None = None,
                                          f"{role} chunk of {i1 - i0} samples failed: {e!r}",
                                          {"samples": i1 - i0}))
         if stop_t is not None and t_edge >= stop_t:
-            _final_stop(loop, stop_t)
+            loop.stop(stop_t, "end of the recorded session", "replay")
             stop_t = None
         if is_tick[k]:
             try:
@@ -392,7 +392,7 @@ def replay_file(path: str | Path, config: Config | None = None,
     for e in ev[ev_pos:]:
         log.send_event(e)
     if stop_t is not None:
-        _final_stop(loop, stop_t)
+        loop.stop(stop_t, "end of the recorded session", "replay")
     wall_s = time.perf_counter() - t_wall
 
     res = ReplayResult(source=source, loop=loop, log=log, tick_times=mode, n_ticks=n_ticks,
@@ -450,13 +450,6 @@ def ecg_polarity_event(chunk: Chunk, fs: float) -> Event | None:
                      f"ECG looks inverted (downward peaks {lo:.3g} vs upward {hi:.3g}); the "
                      "detector is polarity-blind, but check the lead", {"down": lo, "up": hi})
     return None
-
-
-def _final_stop(loop: ControlLoop, t: float) -> None:
-    """The live loop's last act (controller.rig): an operator-style STOP as it ends."""
-    cmd, evs = loop.supervisor.on_operator(t, "STOP")
-    loop._emit(cmd, evs)
-    loop._event(Event(t, "loop.stopped", "replay", "loop stopped: end of the recorded session"))
 
 
 # ---- outputs -------------------------------------------------------------------------------

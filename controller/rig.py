@@ -21,7 +21,6 @@ from controller.runtime import ControlLoop
 from controller.summary import progress
 from signals.chunk import Chunk
 from signals.clock import LSLClock
-from signals.events import Event
 from signals.lsl_source import LSLSource, StreamSpec
 
 POLL_S = 0.002
@@ -104,7 +103,7 @@ def run_realtime(config: Config, *, seconds: float | None, record: str | None = 
                 # A lost ECG/RR stream needs no branch here: the supervisor's stale-input
                 # rule holds, then stops, from the beat times alone.
                 for ev in events:
-                    loop._event(ev)
+                    loop.event(ev)
                 for chunk in chunks:
                     loop.feed(chunk)
                 if now >= next_tick:
@@ -127,9 +126,7 @@ def run_realtime(config: Config, *, seconds: float | None, record: str | None = 
         stop.set()
         with lock:
             t_end = clock.now()
-            cmd, evs = loop.supervisor.on_operator(t_end, "STOP")
-            loop._emit(cmd, evs)
-            loop._event(Event(t_end, "loop.stopped", "runtime", f"loop stopped: {stop_reason}"))
+            loop.stop(t_end, stop_reason)
         if watcher is not None:
             watcher.join(1.0)
         # Give LabRecorder a moment to receive the final samples before closing the file.

@@ -28,7 +28,7 @@ from signals.ecg import RPeakDetector
 from signals.eda import EDAProcessor
 from signals.events import Event
 from signals.hrv import StreamingHRV
-from signals.ratings import classify_marker
+from signals.ratings import classify_marker, parse_rating
 from signals.resp import RespirationProcessor
 from signals.rr import RRCorrector
 
@@ -44,13 +44,8 @@ class TimestampRing:
 
     def push(self, ts: np.ndarray) -> None:
         n, size = len(ts), len(self.buf)
-        if n >= size:
-            self.buf[:] = ts[-size:]
-            # keep the ring aligned with absolute indices
-            self.buf = np.roll(self.buf, (self.count + n) % size)
-        else:
-            idx = (self.count + np.arange(n)) % size
-            self.buf[idx] = ts
+        keep = min(n, size)   # a chunk longer than the ring keeps only its tail
+        self.buf[(self.count + np.arange(n - keep, n)) % size] = ts[n - keep:]
         self.count += n
 
     def time_of(self, index: int) -> float:
@@ -83,7 +78,7 @@ class ControlLoop:
         self.state = StateEstimate(t=t0)
         self.fed_t: dict[str, float] = {}
         # The loop's start defines its baseline period: a replay needs it.
-        self._event(Event(t0, "loop.started", "runtime", "control loop started",
+        self.event(Event(t0, "loop.started", "runtime", "control loop started",
                           {"t0": t0, "policy": config.policy.kind, "tick_hz": config.tick_hz}))
         self.proposal: Stimulation = Stimulation()
         self.last_beat_t: float | None = None
@@ -104,7 +99,7 @@ class ControlLoop:
         if role not in self.fed_t:
             # Tells a replay where this input began for the live loop.
             first = float(chunk.timestamps[0])
-            self._event(Event(first, "input.started", role, f"first {role} sample fed",
+            self.event(Event(first, "input.started", role, f"first {role} sample fed",
                               {"first_t": first}))
         self.fed_t[role] = max(self.fed_t.get(role, -math.inf), float(chunk.timestamps[-1]))
         if role == "ecg":
@@ -115,20 +110,19 @@ class ControlLoop:
         elif role == "resp":
             self._feed_resp(chunk)
         elif role == "eda":
-            if self._eda is None or self._eda.fs != self._fs(chunk):
-                self._eda = EDAProcessor(self._fs(chunk))
+            if self._eda is None:
+                self.set_input_rate("eda", self._estimated_fs(chunk))
             for ev in self._eda.process(chunk.data[:, 0], chunk.timestamps):
-                self._event(ev)
+                self.event(ev)
                 if ev.kind == "eda.scr":
                     self.estimator.scr(ev.data["onset_t"], ev.data["amplitude_uS"])
         elif role in ("ratings", "operator"):
             for t, text in zip(chunk.timestamps, chunk.data):
                 self._marker(float(t), text if isinstance(text, str) else str(text[0]))
 
-    def _fs(self, chunk: Chunk) -> float:
-        fs = getattr(chunk, "fs", None)
-        if fs:
-            return float(fs)
+    @staticmethod
+    def _estimated_fs(chunk: Chunk) -> float:
+        """For an input whose header gave no rate (`set_input_rate` was not called)."""
         ts = chunk.timestamps
         return float((len(ts) - 1) / (ts[-1] - ts[0])) if len(ts) > 1 and ts[-1] > ts[0] else 250.0
 
@@ -144,7 +138,7 @@ class ControlLoop:
 
     def _feed_ecg(self, chunk: Chunk) -> None:
         if self._ecg is None:
-            self.set_input_rate("ecg", self._fs(chunk))
+            self.set_input_rate("ecg", self._estimated_fs(chunk))
         x = chunk.data[:, 0]
         self._ecg_times.push(chunk.timestamps)
         for idx in self._ecg.process(x):
@@ -161,14 +155,14 @@ class ControlLoop:
         self.supervisor.on_signal(t, t, quality)
         if math.isfinite(rr_ms):
             cmd, evs = self.supervisor.on_beat(t, rr_ms)
-            self._emit(cmd, evs)
+            self.emit(cmd, evs)
         ts, rr, _flags = self.rr_corrector.process(np.array([t]))
         for tb, r in zip(ts, rr):
             self.hrv.update(float(tb), float(r))
 
     def _feed_resp(self, chunk: Chunk) -> None:
         if self._resp is None:
-            self.set_input_rate("resp", self._fs(chunk))
+            self.set_input_rate("resp", self._estimated_fs(chunk))
         for t_on in self._resp.process(chunk.data[:, 0], chunk.timestamps):
             self.exhalation_onsets.append(t_on)
             if self.gating:
@@ -190,20 +184,19 @@ class ControlLoop:
         kind, payload = classify_marker(text)
         if kind == "operator":
             cmd, evs = self.supervisor.on_operator(t, payload)
-            self._emit(cmd, evs)
+            self.emit(cmd, evs)
         elif kind == "rating":
-            from signals.ratings import parse_rating
             value, ev = parse_rating(text, t, "ratings")
             if ev is not None:
-                self._event(ev)
+                self.event(ev)
             if value is not None:
                 self.estimator.rating(t, value)
         elif kind == "side_effect":
             for ev in self.supervisor.on_side_effect(t, str(payload)):
-                self._event(ev)
+                self.event(ev)
             self.policy.notify_unsafe(t, self.supervisor.last.stim, f"side effect: {payload}")
         else:
-            self._event(Event(t, "marker.unknown", "ratings", f"unreadable marker {text!r}"))
+            self.event(Event(t, "marker.unknown", "ratings", f"unreadable marker {text!r}"))
 
     # ---- control tick ----------------------------------------------------------------------
     def tick(self, t: float) -> Command:
@@ -217,7 +210,7 @@ class ControlLoop:
         if t >= self._next_epoch:
             self._next_epoch += self.epoch_s
             for ev in self.policy.on_epoch(t, self.state):
-                self._event(ev)
+                self.event(ev)
         # Policies that adapt amplitude work inside the envelope's current cap (charge limit,
         # regions marked unsafe by side effects), so that the supervisor need not clamp them.
         set_limit = getattr(self.policy, "set_amplitude_limit", None)
@@ -236,17 +229,17 @@ class ControlLoop:
 
     def _guard_and_send(self, t: float, stim: Stimulation) -> Command:
         cmd, evs = self.supervisor.guard(t, stim)
-        self._emit(cmd, evs)
+        self.emit(cmd, evs)
         return cmd
 
-    def _emit(self, cmd: Command | None, events: list[Event]) -> None:
+    def emit(self, cmd: Command | None, events: list[Event]) -> None:
         if cmd is not None:
             self.out.send_command(cmd)
             self.n_commands += 1
         for ev in events:
-            self._event(ev)
+            self.event(ev)
 
-    def _event(self, ev: Event) -> None:
+    def event(self, ev: Event) -> None:
         self.out.send_event(ev)
 
     @staticmethod
@@ -273,6 +266,12 @@ class ControlLoop:
         loop.feed(Chunk("operator", ["STOP", "RESUME"], np.array([9.6, 9.7])))
         for k in range(1, 60):
             loop.tick(8.0 + k / 4.0)
+
+    def stop(self, t: float, reason: str, source: str = "runtime") -> None:
+        """The loop's last act, live or in replay: stimulation off as for an operator STOP."""
+        cmd, evs = self.supervisor.on_operator(t, "STOP")
+        self.emit(cmd, evs)
+        self.event(Event(t, "loop.stopped", source, f"loop stopped: {reason}"))
 
     def tick_stats_us(self) -> dict[str, float]:
         if not self.tick_compute_ns:

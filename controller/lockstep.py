@@ -25,12 +25,17 @@ class LockstepController:
         self.loop.set_input_rate("resp", patient.resp_fs)
         self.loop.set_input_rate("eda", patient.eda_fs)
         self.true_exhalation_onsets: list[float] = []   # ground truth, for the gating report
+        self._sent: tuple[object, PatientStimulation] | None = None
 
     def __call__(self, t: float, out: PatientOutput | None) -> PatientStimulation:
         if out is not None:
             self.feed(out)
         cmd = self.loop.tick(t)
-        return PatientStimulation.from_sample(cmd.as_sample())
+        # The supervisor re-sends an unchanged setting as the same object: the patient then
+        # gets the same object too and needs no comparison.
+        if self._sent is None or self._sent[0] is not cmd.stim:
+            self._sent = (cmd.stim, PatientStimulation.from_sample(cmd.as_sample()))
+        return self._sent[1]
 
     def feed(self, out: PatientOutput) -> None:
         loop = self.loop

@@ -74,7 +74,7 @@ def simulate(patient: VirtualPatient, command_source: CommandSource, duration: f
         if out.ratings:
             rec.ratings.extend(out.ratings)
         new = command_source(t_next, out)
-        if new != stim:
+        if new is not stim and new != stim:
             rec.commands.append((t_next, new))
         stim = new
         if report_every and k % report_every == 0:

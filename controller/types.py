@@ -43,7 +43,10 @@ class Command:
     stim: Stimulation
 
     def as_sample(self) -> list[float]:
-        return [float(self.seq), *self.stim.as_array().tolist()]
+        s = self.stim
+        return [float(self.seq), float(s.amplitude_mA), float(s.frequency_Hz),
+                float(s.pulse_width_us), float(s.train_on_s), float(s.train_off_s),
+                float(s.enabled)]
 
 
 INPUT_ROLES = ("ecg", "rr", "resp", "eda", "ratings", "operator")
@@ -79,7 +82,15 @@ class StateEstimate:
 
     def as_sample(self) -> list[float]:
         fed = list(self.fed_t) + [float("nan")] * (len(INPUT_ROLES) - len(self.fed_t))
-        return [float(getattr(self, name)) for name in ESTIMATE_CHANNELS] + fed
+        return [float(self.hr_bpm), float(self.rmssd_ms), float(self.lf_ms2),
+                float(self.hf_ms2), float(self.vagal_index), float(self.sympathetic_index),
+                float(self.resp_rate_bpm), float(self.eda_tonic_uS), float(self.pain_mean),
+                float(self.pain_sd), float(self.quality)] + fed
 
 
 assert tuple(f.name for f in fields(Stimulation)) == COMMAND_CHANNELS[1:]
+# the samples above spell the channels out (a getattr loop costs a microsecond per tick)
+assert Command(0, 0.0, Stimulation(1.0, 2.0, 3.0, 4.0, 5.0, True)).as_sample() == \
+    [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 1.0]
+assert StateEstimate(**{c: float(i) for i, c in enumerate(ESTIMATE_CHANNELS)}).as_sample()[
+    :len(ESTIMATE_CHANNELS)] == [float(i) for i in range(len(ESTIMATE_CHANNELS))]

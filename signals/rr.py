@@ -16,6 +16,8 @@ beat invented, the RR is not reported) and restarts the context.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -34,7 +36,7 @@ OK, ECTOPIC, MISSED, EXTRA, LONGSHORT = 0, 1, 2, 3, 4
 # float state
 F_LAST, F_RRPREV = range(2)
 # int state
-I_HAVE, I_NRR, I_ND, I_NM, I_NEXTFLAG = range(5)
+I_HAVE, I_NRR, I_ND, I_NM, I_NEXTFLAG, I_NQ = range(6)
 
 
 @njit(cache=True)
@@ -174,6 +176,24 @@ def _rr_run(q, nq, final, fst, ist, hd, hm, hrr, scratch, out_t, out_rr, out_f):
     return n_out, pos
 
 
+@njit(cache=True)
+def _rr_process(t, final, q, fst, ist, hd, hm, hrr, scratch, out_t, out_rr, out_f):
+    """Queue the finite beat times of t that keep the queue strictly increasing, finalise what
+    the look-ahead allows and keep the rest queued; returns the number of beats written."""
+    nq = ist[I_NQ]
+    last = q[nq - 1] if nq > 0 else (fst[F_LAST] if ist[I_HAVE] else -np.inf)
+    for v in t:
+        if math.isfinite(v) and v > last:
+            q[nq] = v
+            nq += 1
+            last = v
+    n_out, used = _rr_run(q, nq, final, fst, ist, hd, hm, hrr, scratch, out_t, out_rr, out_f)
+    for i in range(used, nq):
+        q[i - used] = q[i]
+    ist[I_NQ] = nq - used
+    return n_out
+
+
 class RRCorrector:
     """Streaming RR correction. `process(beat_times_s)` takes the next beat times (seconds,
     increasing) and returns `(t_s, rr_ms, flags)` for the beats finalised by this call: each
@@ -181,34 +201,33 @@ class RRCorrector:
 
     def __init__(self):
         self._fst = np.zeros(2)
-        self._ist = np.zeros(5, np.int64)
+        self._ist = np.zeros(6, np.int64)
         self._hd = np.zeros(WIN)
         self._hm = np.zeros(WIN)
         self._hrr = np.zeros(MED)
         self._scratch = np.zeros(WIN)
         self._q = np.zeros(0)
+        self._out_t = self._out_rr = np.zeros(0)
+        self._out_f = np.zeros(0, np.int8)
+        self.process(np.zeros(0))   # compile (or load the cache) before the loop
 
-    def _run(self, final: bool):
-        nq = self._q.size
+    def _run(self, t: np.ndarray, final: bool):
+        nq = int(self._ist[I_NQ]) + t.size
+        if self._q.size < nq:   # buffers grow, never shrink: no allocation per beat
+            self._q = np.concatenate([self._q, np.zeros(max(nq, 16))])
         cap = nq * (MAX_MISSED + 1) + 1
-        out_t, out_rr = np.zeros(cap), np.zeros(cap)
-        out_f = np.zeros(cap, np.int8)
-        n, used = _rr_run(self._q, nq, final, self._fst, self._ist, self._hd, self._hm,
-                          self._hrr, self._scratch, out_t, out_rr, out_f)
-        self._q = self._q[used:]
-        return out_t[:n], out_rr[:n], out_f[:n]
+        if self._out_t.size < cap:
+            self._out_t, self._out_rr = np.zeros(2 * cap), np.zeros(2 * cap)
+            self._out_f = np.zeros(2 * cap, np.int8)
+        n = _rr_process(t, final, self._q, self._fst, self._ist, self._hd, self._hm, self._hrr,
+                        self._scratch, self._out_t, self._out_rr, self._out_f)
+        return self._out_t[:n].copy(), self._out_rr[:n].copy(), self._out_f[:n].copy()
 
     def process(self, beat_times_s):
-        t = np.asarray(beat_times_s, dtype=np.float64).reshape(-1)
-        last = self._q[-1] if self._q.size else (self._fst[F_LAST] if self._ist[I_HAVE] else -np.inf)
-        keep = np.isfinite(t)
-        t = t[keep]
-        t = t[t > np.maximum.accumulate(np.concatenate([[last], t]))[:-1]]  # strictly increasing
-        self._q = np.concatenate([self._q, t])
-        return self._run(final=False)
+        return self._run(np.ascontiguousarray(beat_times_s, dtype=np.float64).reshape(-1), False)
 
     def flush(self):
-        return self._run(final=True)
+        return self._run(np.zeros(0), True)
 
 
 def correct_rr(beat_times_s):

@@ -7,8 +7,9 @@ outlets), and a raw echo runs in a third (`--echo`). A receiving thread per inle
 `pull_sample` and stamps each arrival with `local_clock()` at once.
 
 Paths, each as push-to-arrival in microseconds:
-- floor: a sample pushed to the echo process and pushed back (blocking pull_sample +
-  push_sample): what LSL itself costs for two hops between processes, in the same run;
+- floor: a marker pushed to the echo process and a command-shaped sample pushed back (blocking
+  pull_sample + push_sample, the stream formats of the STOP path: a string marker in, seven
+  doubles out): what LSL itself costs for those two hops between processes, in the same run;
 - STOP: "STOP" on the operator stream while stimulating, to the first command with
   enabled = 0; then "RESUME" and wait until enabled again before the next trial;
 - bradycardia: an RR sample of 1500 ms (40 bpm) while stimulating, to the first command with
@@ -18,6 +19,9 @@ Paths, each as push-to-arrival in microseconds:
 - control: an ordinary RR beat (pushed every ~0.8 s in the background, so that the input is
   never stale) to the next command, i.e. the next control tick; dominated by the tick phase
   (uniform over one tick period), reported for completeness.
+
+Floor and STOP trials alternate, each after its own random pause of 0 to 10 ms, so that both
+start from the same idle state (a push after idle costs more than one right after another).
 
 The bench's controller config: open loop without waiting for the HRV baseline
 (`policy.open.wait_for_baseline = false`), so that it stimulates from the first tick, at a
@@ -41,11 +45,12 @@ import numpy as np
 import pylsl
 
 from controller.summary import progress
+from controller.types import COMMAND_CHANNELS
 
 BRADY_RR_MS = 1500.0
 NORMAL_RR_MS = 800.0
 ROOT = Path(__file__).resolve().parents[1]
-CMD_ENABLED = 6          # column of `enabled` in the command sample (COMMAND_CHANNELS)
+CMD_ENABLED = COMMAND_CHANNELS.index("enabled")
 
 
 # ---- helpers for the three processes -------------------------------------------------------
@@ -126,15 +131,18 @@ def serve_echo(in_sid: str, out_sid: str) -> None:
     quit_ = threading.Event()
     _stdin_eof_watch(quit_.set)
     info = _resolve_one(in_sid, 20.0)
-    outlet = pylsl.StreamOutlet(pylsl.StreamInfo(f"bench-echo-out-{out_sid}", "Bench", 1,
-                                                 pylsl.IRREGULAR_RATE, "double64", out_sid))
+    outlet = pylsl.StreamOutlet(pylsl.StreamInfo(f"bench-echo-out-{out_sid}", "Bench",
+                                                 len(COMMAND_CHANNELS), pylsl.IRREGULAR_RATE,
+                                                 "double64", out_sid))
     inlet = pylsl.StreamInlet(info, max_buflen=30, processing_flags=pylsl.proc_none)
     inlet.open_stream(timeout=5.0)
     print("READY", flush=True)
+    reply = [0.0] * len(COMMAND_CHANNELS)
     while not quit_.is_set():
         sample, _ = inlet.pull_sample(timeout=0.2)
         if sample is not None:
-            outlet.push_sample(sample, 0.0, True)
+            reply[0] = float(sample[0])
+            outlet.push_sample(reply, 0.0, True)
     del inlet
     del outlet
 
@@ -240,8 +248,8 @@ def run_bench(samples: int = 300, *, brady: int | None = None, out: str | Path |
                                                  "float32", rr_sid))
     op_out = pylsl.StreamOutlet(pylsl.StreamInfo(f"bench-operator-{uid}", "Markers", 1,
                                                  pylsl.IRREGULAR_RATE, "string", op_sid))
-    echo_out = pylsl.StreamOutlet(pylsl.StreamInfo(f"bench-echo-in-{uid}", "Bench", 1,
-                                                   pylsl.IRREGULAR_RATE, "double64", ein_sid))
+    echo_out = pylsl.StreamOutlet(pylsl.StreamInfo(f"bench-echo-in-{uid}", "Markers", 1,
+                                                   pylsl.IRREGULAR_RATE, "string", ein_sid))
     rr_lock = threading.Lock()
     beat_pushes: list[float] = []
     stop_feed = threading.Event()
@@ -312,7 +320,14 @@ def run_bench(samples: int = 300, *, brady: int | None = None, out: str | Path |
         first_beat = len(beat_pushes)
         t_cmd_start = pylsl.local_clock()
         for i in range(samples):
-            # stimulating now (the last command received was enabled); a random phase
+            time.sleep(float(rng.uniform(0.0, 0.01)))
+            m0 = echo_c.mark()
+            t0 = pylsl.local_clock()
+            echo_out.push_sample([str(i)], t0, True)
+            got = echo_c.wait_for(m0, lambda s, v=float(i): s[0] == v, 2.0)
+            if got is not None:
+                floor.append((got[1] - t0) * 1e6)
+            # stimulating now (the last command received was enabled)
             time.sleep(float(rng.uniform(0.0, 0.01)))
             n0 = cmd.mark()
             t0 = pylsl.local_clock()
@@ -322,13 +337,6 @@ def run_bench(samples: int = 300, *, brady: int | None = None, out: str | Path |
                 missed_stop += 1
             else:
                 stop_lat.append((got[1] - t0) * 1e6)
-            # floor, while stimulation is off (keeps the delivered duty low)
-            m0 = echo_c.mark()
-            t0 = pylsl.local_clock()
-            echo_out.push_sample([float(i)], t0, True)
-            got = echo_c.wait_for(m0, lambda s, v=float(i): s[0] == v, 2.0)
-            if got is not None:
-                floor.append((got[1] - t0) * 1e6)
             n0 = cmd.mark()
             op_out.push_sample(["RESUME"], pylsl.local_clock(), True)
             if cmd.wait_for(n0, _enabled, 5.0) is None:

@@ -11,7 +11,6 @@ import signal
 import threading
 from pathlib import Path
 
-import numpy as np
 import pylsl
 
 from controller.config import Config, load_config
@@ -19,7 +18,6 @@ from controller.outlets import LSLOutputs
 from controller.recording import Recorder
 from controller.runtime import ControlLoop
 from controller.summary import progress
-from signals.chunk import Chunk
 from signals.clock import LSLClock
 from signals.lsl_source import LSLSource, StreamSpec
 
@@ -72,7 +70,7 @@ def run_realtime(config: Config, *, seconds: float | None, record: str | None = 
 
     def on_operator(t: float, text: str) -> None:
         with lock:
-            loop.feed(Chunk("operator", [text], np.array([t + operator.offset])))
+            loop.operator(t + operator.offset, text)
 
     watcher = None
     operator = source.inlets.pop("operator", None)  # served by its own thread, not by poll()

@@ -5,7 +5,8 @@ clock. The same object runs on a rig (LSL inlets, real time), in lockstep with t
 patient and over a recorded XDF file (virtual clock), so there is one code path to trust.
 
 Paths, fastest first:
-- operator STOP and a bradycardic beat go straight to the supervisor and out, in `feed`;
+- operator STOP and a bradycardic beat go straight to the supervisor and out, in `feed`
+  (and `operator`, for the operator's own thread on a rig);
 - an exhalation onset opens a respiratory-gated burst, also in `feed`;
 - the control tick estimates the state, asks the policy, guards and sends.
 """
@@ -44,8 +45,13 @@ class TimestampRing:
 
     def push(self, ts: np.ndarray) -> None:
         n, size = len(ts), len(self.buf)
-        keep = min(n, size)   # a chunk longer than the ring keeps only its tail
-        self.buf[(self.count + np.arange(n - keep, n)) % size] = ts[n - keep:]
+        if n > size:   # a chunk longer than the ring keeps only its tail
+            self.count += n - size
+            ts, n = ts[n - size:], size
+        i = self.count % size
+        k = min(n, size - i)
+        self.buf[i:i + k] = ts[:k]
+        self.buf[:n - k] = ts[k:]
         self.count += n
 
     def time_of(self, index: int) -> float:
@@ -96,17 +102,12 @@ class ControlLoop:
         if len(chunk) == 0:
             return
         role = chunk.role
-        if role not in self.fed_t:
-            # Tells a replay where this input began for the live loop.
-            first = float(chunk.timestamps[0])
-            self.event(Event(first, "input.started", role, f"first {role} sample fed",
-                              {"first_t": first}))
-        self.fed_t[role] = max(self.fed_t.get(role, -math.inf), float(chunk.timestamps[-1]))
+        self._note_fed(role, float(chunk.timestamps[0]), float(chunk.timestamps[-1]))
         if role == "ecg":
             self._feed_ecg(chunk)
         elif role == "rr":
-            for t, rr in zip(chunk.timestamps, chunk.data[:, 0]):
-                self._beat(float(t), float(rr))
+            self._to_hrv([t for t, rr in zip(chunk.timestamps.tolist(), chunk.data[:, 0].tolist())
+                          if self._beat(t, rr)])
         elif role == "resp":
             self._feed_resp(chunk)
         elif role == "eda":
@@ -119,6 +120,19 @@ class ControlLoop:
         elif role in ("ratings", "operator"):
             for t, text in zip(chunk.timestamps, chunk.data):
                 self._marker(float(t), text if isinstance(text, str) else str(text[0]))
+
+    def operator(self, t: float, text: str) -> None:
+        """One operator marker, from the thread that waits on the operator stream on a rig: a
+        STOP leaves before the bookkeeping that `feed` does first for other inputs."""
+        self._marker(t, text)
+        self._note_fed("operator", t, t)
+
+    def _note_fed(self, role: str, first: float, last: float) -> None:
+        if role not in self.fed_t:
+            # Tells a replay where this input began for the live loop.
+            self.event(Event(first, "input.started", role, f"first {role} sample fed",
+                             {"first_t": first}))
+        self.fed_t[role] = max(self.fed_t.get(role, -math.inf), last)
 
     @staticmethod
     def _estimated_fs(chunk: Chunk) -> float:
@@ -141,24 +155,39 @@ class ControlLoop:
             self.set_input_rate("ecg", self._estimated_fs(chunk))
         x = chunk.data[:, 0]
         self._ecg_times.push(chunk.timestamps)
-        for idx in self._ecg.process(x):
-            t = self._ecg_times.time_of(int(idx))
-            rr = (t - self.last_beat_t) * 1000.0 if self.last_beat_t is not None else float("nan")
-            self._beat(t, rr)
-
-    def _beat(self, t: float, rr_ms: float) -> None:
-        if self.last_beat_t is not None and t <= self.last_beat_t:
+        peaks = self._ecg.process(x)
+        if len(peaks) == 0:
             return
+        beats = []
+        for idx in peaks.tolist():
+            t = self._ecg_times.time_of(idx)
+            rr = (t - self.last_beat_t) * 1000.0 if self.last_beat_t is not None else float("nan")
+            if self._beat(t, rr):
+                beats.append(t)
+        self._to_hrv(beats)
+
+    def _beat(self, t: float, rr_ms: float) -> bool:
+        """The safety side of a beat, at once; False for a beat not after the last one."""
+        if self.last_beat_t is not None and t <= self.last_beat_t:
+            return False
         self.last_beat_t = t
         self.beats += 1
         quality = self._ecg.quality if self._ecg is not None else 1.0
         self.supervisor.on_signal(t, t, quality)
         if math.isfinite(rr_ms):
             cmd, evs = self.supervisor.on_beat(t, rr_ms)
-            self.emit(cmd, evs)
-        ts, rr, _flags = self.rr_corrector.process(np.array([t]))
-        for tb, r in zip(ts, rr):
-            self.hrv.update(float(tb), float(r))
+            if cmd is not None or evs:
+                self.emit(cmd, evs)
+        return True
+
+    def _to_hrv(self, beat_times: list[float]) -> None:
+        """The beats of one chunk through artefact correction into the HRV window, in one call
+        (the corrector is independent of the supervisor, so the order between them is free)."""
+        if not beat_times:
+            return
+        ts, rr, _flags = self.rr_corrector.process(np.array(beat_times))
+        for tb, r in zip(ts.tolist(), rr.tolist()):
+            self.hrv.update(tb, r)
 
     def _feed_resp(self, chunk: Chunk) -> None:
         if self._resp is None:
@@ -181,10 +210,14 @@ class ControlLoop:
                        train_off_s=max(self.burst_s, stim.train_off_s if on else self.burst_s))
 
     def _marker(self, t: float, text: str) -> None:
+        if text == "STOP":   # the one marker that must not wait for parsing
+            self._operator_stop(t)
+            return
         kind, payload = classify_marker(text)
-        if kind == "operator":
-            cmd, evs = self.supervisor.on_operator(t, payload)
-            self.emit(cmd, evs)
+        if kind == "operator" and payload == "STOP":
+            self._operator_stop(t)
+        elif kind == "operator":
+            self.emit(*self.supervisor.on_operator(t, payload))
         elif kind == "rating":
             value, ev = parse_rating(text, t, "ratings")
             if ev is not None:
@@ -197,6 +230,11 @@ class ControlLoop:
             self.policy.notify_unsafe(t, self.supervisor.last.stim, f"side effect: {payload}")
         else:
             self.event(Event(t, "marker.unknown", "ratings", f"unreadable marker {text!r}"))
+
+    def _operator_stop(self, t: float) -> None:
+        cmd = self.supervisor.operator_stop(t)
+        self.emit(cmd, [])
+        self.event(self.supervisor.operator_stop_event(cmd))
 
     # ---- control tick ----------------------------------------------------------------------
     def tick(self, t: float) -> Command:
@@ -269,8 +307,7 @@ class ControlLoop:
 
     def stop(self, t: float, reason: str, source: str = "runtime") -> None:
         """The loop's last act, live or in replay: stimulation off as for an operator STOP."""
-        cmd, evs = self.supervisor.on_operator(t, "STOP")
-        self.emit(cmd, evs)
+        self._operator_stop(t)
         self.event(Event(t, "loop.stopped", source, f"loop stopped: {reason}"))
 
     def tick_stats_us(self) -> dict[str, float]:

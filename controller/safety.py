@@ -357,6 +357,39 @@ def _ceiling(f, S, R):
 
 
 @njit(cache=True)
+def _amplitude_ceiling(f, pw, S, L, R):
+    """The highest amplitude a guard would let out at frequency f and pulse width pw (NaN:
+    whatever pulse width)."""
+    c = L[L_AMAX]
+    r = _ceiling(f, S, R)
+    if r < c:
+        c = r
+    if pw == pw:
+        q = L[L_QMAX] * 1000.0 / pw
+        if q < c:
+            c = q
+    return c
+
+
+@njit(cache=True)
+def _signal(t, beat_t, q, S, L):
+    """Input freshness at t: the latest valid beat (NaN: none new) and the signal quality."""
+    if not math.isfinite(t):
+        t = S[S_T]
+    b = t if beat_t > t else beat_t
+    if math.isfinite(b) and not (S[S_LAST_BEAT] >= b):
+        S[S_LAST_BEAT] = b
+    if not math.isfinite(q):
+        q = 0.0   # unknown quality counts as poor
+    S[S_QUALITY] = q
+    if q < L[L_QMIN]:
+        if not S[S_QLOW_SINCE] <= t:
+            S[S_QLOW_SINCE] = t
+    else:
+        S[S_QLOW_SINCE] = np.nan
+
+
+@njit(cache=True)
 def _guard_kernel(t, p, S, L, B, R, out, heartbeat):
     """One guarded tick: proposal p (Stimulation order) -> out, returns rule bits."""
     bits = 0
@@ -551,6 +584,7 @@ class SafetySupervisor:
         self._prev_rr = float("nan")
         self._recent_rr: deque[float] = deque(maxlen=8)   # recent normal intervals, ms
         self.last = Command(0, t0, Stimulation.from_array(S[S_A:S_EN + 1]))
+        self._last_out = S[S_A:S_EN + 1].tolist()
         self.unsafe_regions: list[UnsafeRegion] = []
         self._pending: list[Event] = []
         self._last_event_t: dict[int, float] = {}
@@ -569,10 +603,8 @@ class SafetySupervisor:
 
     def amplitude_ceiling(self, frequency_Hz: float, pulse_width_us: float | None = None) -> float:
         """The highest amplitude the supervisor would let out at this setting (for policies)."""
-        c = min(self.limits.amplitude_max_mA, float(_ceiling(frequency_Hz, self._S, self._R)))
-        if pulse_width_us is not None:
-            c = min(c, self._L[L_QMAX] * 1000.0 / pulse_width_us)
-        return c
+        pw = math.nan if pulse_width_us is None else float(pulse_width_us)
+        return _amplitude_ceiling(float(frequency_Hz), pw, self._S, self._L, self._R)
 
     # ---- per tick ----
     def guard(self, t: float, proposal: Stimulation) -> tuple[Command, list[Event]]:
@@ -648,16 +680,11 @@ class SafetySupervisor:
 
     def on_operator(self, t: float, text: str) -> tuple[Command | None, list[Event]]:
         word = str(text).strip().upper()
+        if word == "STOP":
+            cmd = self.operator_stop(t)
+            return cmd, [self.operator_stop_event(cmd)]
         S = self._S
         t = _num(t) if math.isfinite(_num(t)) else float(S[S_T])
-        if word == "STOP":
-            S[S_STOPPED] = 1.0
-            tt = float(_force_off(t, S, self._B))
-            cmd = self._command(off=True)
-            return cmd, [Event(tt, "safety.operator", "operator",
-                               "operator STOP: stimulation off; only RESUME re-enables",
-                               {"rule": "operator", "marker": "STOP", "seq": cmd.seq,
-                                "after": _stim_dict(cmd.stim)})]
         if word == "RESUME":
             was = self.stopped
             S[S_STOPPED] = 0.0
@@ -668,6 +695,22 @@ class SafetySupervisor:
         return None, [Event(t, "safety.operator", "operator",
                             f"unknown operator marker {text!r} ignored (STOP or RESUME)",
                             {"rule": "operator", "marker": str(text)})]
+
+    def operator_stop(self, t: float) -> Command:
+        """An operator STOP: off at once, latched until RESUME. The record of it is a separate
+        call (`operator_stop_event`), so that a rig sends the command before building it."""
+        S = self._S
+        t = _num(t) if math.isfinite(_num(t)) else float(S[S_T])
+        S[S_STOPPED] = 1.0
+        _force_off(t, S, self._B)
+        return self._command(off=True)
+
+    @staticmethod
+    def operator_stop_event(cmd: Command) -> Event:
+        return Event(cmd.t, "safety.operator", "operator",
+                     "operator STOP: stimulation off; only RESUME re-enables",
+                     {"rule": "operator", "marker": "STOP", "seq": cmd.seq,
+                      "after": _stim_dict(cmd.stim)})
 
     def on_side_effect(self, t: float, what: str) -> list[Event]:
         S, lim = self._S, self.limits
@@ -700,29 +743,19 @@ class SafetySupervisor:
                        "region": dataclasses.asdict(region)})]
 
     def on_signal(self, t: float, valid_beat_t: float | None, quality: float) -> None:
-        S = self._S
-        t = _num(t)
-        if not math.isfinite(t):
-            t = float(S[S_T])
-        if valid_beat_t is not None:
-            b = min(_num(valid_beat_t), t)
-            if math.isfinite(b) and not (S[S_LAST_BEAT] >= b):
-                S[S_LAST_BEAT] = b
-        q = _num(quality)
-        q = q if math.isfinite(q) else 0.0   # unknown quality counts as poor
-        S[S_QUALITY] = q
-        if q < self._L[L_QMIN]:
-            if not S[S_QLOW_SINCE] <= t:
-                S[S_QLOW_SINCE] = t
-        else:
-            S[S_QLOW_SINCE] = np.nan
+        beat_t = math.nan if valid_beat_t is None else _num(valid_beat_t)
+        _signal(_num(t), beat_t, _num(quality), self._S, self._L)
 
     # ---- helpers ----
     def _command(self, off: bool = False) -> Command:
         self._seq += 1
-        o = self._S[S_A:S_EN + 1] if off else self._out
-        stim = Stimulation(float(o[0]), float(o[1]), float(o[2]), float(o[3]), float(o[4]),
-                           bool(o[5] > 0.5))
+        o = (self._S[S_A:S_EN + 1] if off else self._out).tolist()
+        stim = self.last.stim
+        # Most commands repeat the last setting: the same (frozen) object goes out again, so
+        # that consumers can tell "unchanged" by identity.
+        if o != self._last_out:
+            stim = Stimulation(o[0], o[1], o[2], o[3], o[4], o[5] > 0.5)
+            self._last_out = o
         self.last = Command(self._seq, float(self._S[S_T]), stim)
         return self.last
 
@@ -811,5 +844,7 @@ def _warm_up() -> None:
     S[S_ON], S[S_OFF], S[S_LOCK], S[S_LAST_BEAT], S[S_QLOW_SINCE] = 30, 300, -np.inf, 0, np.nan
     B, R, out = np.zeros(N_BUCKETS), np.zeros((MAX_UNSAFE_REGIONS, 3)), np.zeros(6)
     _guard_kernel(0.5, np.array([1.0, 20, 250, 30, 300, 1]), S, L, B, R, out, False)
+    _signal(0.5, 0.5, 1.0, S, L)
+    _amplitude_ceiling(20.0, 250.0, S, L, R)
     _force_off(1.0, S, B)
     _warm = True

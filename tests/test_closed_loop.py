@@ -5,7 +5,10 @@ import pytest
 
 from controller.config import Config, default_config
 from controller.lockstep import LockstepController, gating_delays
+from controller.outlets import OutputLog
+from controller.runtime import ControlLoop
 from controller.simulate import simulate
+from signals.chunk import Chunk
 from sim.command import Stimulation
 from sim.envelope import check_command
 from sim.patient import VirtualPatient
@@ -90,3 +93,48 @@ def test_respiratory_gating_bursts_follow_true_exhalation_onsets():
     on = cmds[cmds[:, 6] > 0]
     assert len(on) and np.all(on[:, 4] == cfg.gating.burst_s)
     assert patient.counters["limit_violations"] == 0
+
+
+class OrderedLog(OutputLog):
+    """An output log that also keeps the order in which commands and events were sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[str] = []
+
+    def send_command(self, cmd) -> None:
+        self.order.append("command")
+        super().send_command(cmd)
+
+    def send_event(self, ev) -> None:
+        self.order.append(ev.kind)
+        super().send_event(ev)
+
+
+def test_an_operator_stop_is_sent_before_anything_else_and_only_resume_re_enables():
+    cfg = config(**{"policy.kind": "open", "policy.open.wait_for_baseline": False,
+                    "policy.open.amplitude_mA": 1.0})
+    log = OrderedLog()
+    loop = ControlLoop(cfg, log, 0.0)
+    t = 0.0
+    while not loop.supervisor.last.stim.enabled and t < 60.0:
+        t += 0.8
+        loop.feed(Chunk("rr", np.array([[800.0]]), np.array([t])))
+        loop.tick(t)
+    assert loop.supervisor.last.stim.enabled, "the open policy never stimulated"
+    n_commands = len(log.commands)
+    log.order.clear()
+    loop.operator(t + 0.1, "STOP")   # the rig's operator thread calls this directly
+    assert log.order[0] == "command"
+    assert log.commands[n_commands][6] == 0.0 and log.commands[n_commands][1] == 0.0
+    assert {"safety.operator", "input.started"} <= set(log.order[1:])
+    assert loop.fed_t["operator"] == t + 0.1       # the replay's watermark, as `feed` keeps it
+    for k in range(1, 20):
+        loop.feed(Chunk("rr", np.array([[800.0]]), np.array([t + 0.8 * k])))
+        loop.tick(t + 0.8 * k)
+        assert not loop.supervisor.last.stim.enabled
+    loop.operator(t + 16.0, " resume ")
+    for k in range(21, 40):
+        loop.feed(Chunk("rr", np.array([[800.0]]), np.array([t + 0.8 * k])))
+        loop.tick(t + 0.8 * k)
+    assert loop.supervisor.last.stim.enabled

@@ -58,10 +58,6 @@ class FixedRun:
                 and c.get("bradycardia_events", 0) <= t.get("bradycardia_events", 0)
                 and c.get("asystole_events", 0) <= t.get("asystole_events", 0))
 
-    @property
-    def safe(self) -> bool:
-        return self.safe_against(None)
-
 
 def run_fixed(profile: str, seed: int, stim: Stimulation, duration: float,
               params=None) -> FixedRun:
@@ -107,7 +103,7 @@ def oracle_search(profile: str, seed: int, duration: float, *, freq_range=(5.0, 
         rows.append({"frequency_Hz": f, "amplitude_mA": a, "pain_reduction": red,
                      "safe": run.safe_against(twin), "discomfort_events": run.counters["discomfort_events"],
                      "bradycardia_events": run.counters["bradycardia_events"]})
-        if run.safe and (best is None or red > best["pain_reduction"]):
+        if rows[-1]["safe"] and (best is None or red > best["pain_reduction"]):
             best = rows[-1]
     return {
         "params": None if best is None else {"frequency_Hz": best["frequency_Hz"],

@@ -182,12 +182,13 @@ def test_labrecorder_session_replays_fast_with_the_true_beats(tmp_path, uid):
     rec = Recorder(path, [sid])
     rec.start()
     try:
-        # ten minutes of data in about 3 s: 10 s per push, slow enough that LabRecorder's
-        # inlet buffer (360 s at the nominal rate) never overflows between its reads
+        # ten minutes of data in about 9 s: 10 s per push, slow enough that LabRecorder's
+        # inlet buffer (360 s at the nominal rate) does not overflow between its reads even
+        # when the machine is busy (at 3 s it once lost a stretch, seen as a gap)
         step = int(10 * fs)
         for a in range(0, len(t), step):
             outlet.push_chunk(x[a:a + step, None].astype(np.float32).tolist(), t[a:a + step].tolist())
-            time.sleep(0.05)
+            time.sleep(0.15)
         time.sleep(1.0)
     finally:
         rec.stop()

@@ -68,8 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default="reports", help="folder for the XDF file and report")
 
-    sp = add("replay", "run the controller over a recorded XDF session")
-    sp.add_argument("file", help="XDF file")
+    sp = add("replay", "run the controller over recorded XDF sessions")
+    sp.add_argument("files", nargs="+", metavar="FILE",
+                    help="XDF file, or a folder of them (several replay as a batch)")
+    sp.add_argument("--workers", type=int, default=None,
+                    help="processes for a batch (default: cores)")
     sp.add_argument("--config", default=None)
     sp.add_argument("--policy", choices=["open", "pid", "bayes"], default=None)
     sp.add_argument("--realtime", action="store_true", help="re-stream as LSL in real time")

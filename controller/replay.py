@@ -1,4 +1,4 @@
-"""Offline replay of a recorded XDF session: `vnsloop replay FILE [--realtime]`.
+"""Offline replay of recorded XDF sessions: `vnsloop replay FILE|FOLDER ... [--realtime]`.
 
 As fast as possible (the default), a fresh `ControlLoop` with an `OutputLog` runs over the
 recording on the data clock:
@@ -21,6 +21,10 @@ Outputs in --out: `<stem>-replay-commands.csv`, `<stem>-replay-states.csv` (head
 COMMAND_CHANNELS / STATE_CHANNELS), `<stem>-replay-events.jsonl` (one `Event` per line) and the
 session report PNG.
 
+Several files (or a folder, for the `.xdf` files in it) replay as a batch on a process pool,
+each to its own outputs; a file that cannot be read is reported in the batch's summary and the
+others go on.
+
 `--realtime` re-streams the recording as LSL outlets (names and source_ids get a suffix so
 that they never bind in place of a live device) for a rig to consume, until the end or Ctrl-C.
 """
@@ -30,6 +34,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import threading
 import time
 import uuid
@@ -582,18 +587,131 @@ def restream(path: str | Path, *, suffix: str | None = None, seconds: float | No
 
 # ---- the command ---------------------------------------------------------------------------
 
-def run_replay_command(args) -> dict:
-    path = Path(args.file)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    if getattr(args, "realtime", False):
-        return restream(path)
-    role_map = parse_role_map(getattr(args, "map", None))
-    config = build_config(getattr(args, "config", None), getattr(args, "policy", None))
-    progress(f"replay: {path.name} ({config.policy.kind} policy, tick {config.tick_hz:g} Hz)")
+def xdf_files(paths: list[str | Path]) -> list[Path]:
+    """The files named, in order; a folder stands for the `.xdf` files below it, sorted."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() == ".xdf" and q.is_file())
+            if not found:
+                raise FileNotFoundError(f"{p}: no .xdf files in this folder")
+            files += found
+        else:
+            files.append(p)
+    return files
+
+
+def replay_to_outputs(path: Path, config: Config, role_map: dict[str, str],
+                      out_dir: str | Path) -> dict:
+    """One file replayed, its outputs written; the summary as `vnsloop replay FILE` gives it."""
     res = replay_file(path, config, role_map)
     out = summarize(res)
-    out.update(write_outputs(res, getattr(args, "out", "reports") or "reports"))
+    out.update(write_outputs(res, out_dir))
+    return out
+
+
+def _batch_item(task: tuple) -> dict:
+    """A batch member, in a worker process: an unreadable file is a row, not an exception."""
+    path, config, role_map, out_dir = task
+    try:
+        return replay_to_outputs(path, config, role_map, out_dir)
+    except (FileNotFoundError, ValueError) as e:
+        return {"file": str(path), "error": str(e)}
+
+
+BATCH_SUMS = ("duration_s", "wall_s", "beats", "gaps", "commands", "events", "errors")
+
+
+def replay_batch(files: list[Path], config: Config, role_map: dict[str, str],
+                 out_dir: str | Path, workers: int | None = None) -> dict:
+    """Every file replayed (in parallel on `workers` processes, default: the cores), each to
+    its own outputs in `out_dir` (in a numbered subfolder when two files share a name)."""
+    out = Path(out_dir)
+    unique = len({f.stem for f in files}) == len(files)
+    tasks = [(f, config, role_map, out if unique else out / f"{i:03d}")
+             for i, f in enumerate(files)]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
+    rows: list[dict | None] = [None] * len(tasks)
+    t0 = time.perf_counter()
+
+    def done(i: int, row: dict) -> None:
+        rows[i] = row
+        n = sum(r is not None for r in rows)
+        what = (f"error: {row['error']}" if "error" in row else
+                f"{row['duration_s']:.0f} s in {row['wall_s']:.2f} s "
+                f"({row['realtime_factor']:.0f}x), {row['beats']} beats, "
+                f"mismatches {row['decision_mismatches']}")
+        progress(f"replay {n}/{len(tasks)}: {Path(row['file']).name}: {what}")
+
+    if workers == 1:
+        for i, task in enumerate(tasks):
+            done(i, _batch_item(task))
+    else:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(_batch_item, task): i for i, task in enumerate(tasks)}
+            for fut in as_completed(futures):
+                done(futures[fut], fut.result())
+    ok = [r for r in rows if "error" not in r]
+    compared = [r["decision_mismatches"] for r in ok if r["decision_mismatches"] is not None]
+    total = {k: sum(r[k] for r in ok) for k in BATCH_SUMS}
+    return {
+        "files": rows,
+        "n_files": len(rows),
+        "failed": [{"file": r["file"], "error": r["error"]} for r in rows if "error" in r],
+        **total,
+        "realtime_factor": total["duration_s"] / max(total["wall_s"], 1e-9),
+        "elapsed_s": time.perf_counter() - t0,
+        "workers": workers,
+        "decision_mismatches": sum(compared) if compared else None,
+        "files_compared": len(compared),
+    }
+
+
+def format_batch(res: dict) -> str:
+    """One line per file, for the end of a batch."""
+    head = f"{'file':<40} {'duration_s':>10} {'x real time':>11} {'beats':>7} {'gaps':>5} " \
+           f"{'commands':>8} {'mismatches':>10}"
+    lines = [head]
+    for r in res["files"]:
+        name = Path(r["file"]).name[:40]
+        if "error" in r:
+            lines.append(f"{name:<40} error: {r['error']}")
+            continue
+        mm = "-" if r["decision_mismatches"] is None else r["decision_mismatches"]
+        lines.append(f"{name:<40} {r['duration_s']:>10.1f} {r['realtime_factor']:>11.0f} "
+                     f"{r['beats']:>7} {r['gaps']:>5} {r['commands']:>8} {mm:>10}")
+    return "\n".join(lines)
+
+
+def run_replay_command(args) -> dict:
+    paths = getattr(args, "files", None) or [args.file]
+    if getattr(args, "realtime", False):
+        if len(paths) != 1 or not Path(paths[0]).is_file():
+            raise ValueError("--realtime re-streams one XDF file")
+        return restream(paths[0])
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    files = xdf_files(paths)
+    role_map = parse_role_map(getattr(args, "map", None))
+    config = build_config(getattr(args, "config", None), getattr(args, "policy", None))
+    out_dir = getattr(args, "out", "reports") or "reports"
+    if len(files) > 1 or Path(paths[0]).is_dir():
+        progress(f"replay: {len(files)} files ({config.policy.kind} policy, "
+                 f"tick {config.tick_hz:g} Hz)")
+        res = replay_batch(files, config, role_map, out_dir, workers)
+        print(format_batch(res))
+        res["ok"] = not res["failed"]
+        res["_table_keys"] = ["n_files", "duration_s", "wall_s", "elapsed_s", "realtime_factor",
+                              "beats", "gaps", "commands", "events", "errors",
+                              "decision_mismatches", "files_compared"]
+        return res
+    path = files[0]
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    progress(f"replay: {path.name} ({config.policy.kind} policy, tick {config.tick_hz:g} Hz)")
+    out = replay_to_outputs(path, config, role_map, out_dir)
     progress(f"replay: {out['duration_s']:.1f} s of data in {out['wall_s']:.3f} s "
              f"({out['realtime_factor']:.0f}x real time), {out['beats']} beats, "
              f"{out['commands']} commands, {out['events']} events")

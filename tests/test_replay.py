@@ -16,7 +16,8 @@ import numpy as np
 import pylsl
 import pytest
 
-from controller.replay import (compare_decisions, parse_role_map, replay_file,
+from controller.config import default_config
+from controller.replay import (compare_decisions, parse_role_map, replay_batch, replay_file,
                                run_replay_command, summarize, write_outputs)
 from controller.types import COMMAND_CHANNELS, STATE_CHANNELS
 
@@ -203,6 +204,57 @@ def test_labrecorder_session_replays_fast_with_the_true_beats(tmp_path, uid):
     assert abs(s["beats"] - true_n) <= max(3, 0.01 * true_n)
     assert s["realtime_factor"] >= 50
     assert s["decision_mismatches"] is None
+
+
+# ---- batches: a week of recordings ------------------------------------------------------
+
+def _csv_rows(path) -> list[list[str]]:
+    with open(path, newline="") as fh:
+        return list(csv.reader(fh))
+
+
+def test_a_folder_replays_as_a_batch_and_an_unreadable_file_is_one_row(tmp_path, shared_data):
+    bogus = tmp_path / "bogus.xdf"
+    bogus.write_text("not an xdf file")
+    out, res = _cli(shared_data / "xdf", bogus, "--workers", "2", "--json", "--out", tmp_path / "o")
+    shared = sorted((shared_data / "xdf").glob("*.xdf"))
+    assert out.returncode == 1 and res["ok"] is False     # one file failed, the rest is there
+    assert res["n_files"] == len(shared) + 1 and res["workers"] == 2
+    assert [f["file"] for f in res["failed"]] == [str(bogus)]
+    assert "not an XDF file" in res["failed"][0]["error"]
+    assert "bogus.xdf" in out.stdout and "error" in out.stdout      # the per-file table
+    rows = {Path(r["file"]).name: r for r in res["files"] if "error" not in r}
+    assert set(rows) == {p.name for p in shared}
+    for k in ("duration_s", "beats", "gaps", "commands", "events", "errors"):
+        assert res[k] == pytest.approx(sum(r[k] for r in rows.values())), k
+    assert res["gaps"] >= 1 and res["decision_mismatches"] is None
+    # a batch member, replayed in a worker process, decides exactly as the file alone
+    alone = replay_file(shared_data / "xdf" / "clock_resets.xdf")
+    files = write_outputs(alone, tmp_path / "alone")
+    got = rows["clock_resets.xdf"]
+    assert got["commands"] == len(alone.log.commands) > 100
+    assert _csv_rows(got["commands_csv"]) == _csv_rows(files["commands_csv"])
+    assert all(Path(r["report"]).is_file() for r in rows.values())
+
+
+def test_files_of_one_name_in_a_batch_keep_their_own_outputs(tmp_path, shared_data):
+    src = shared_data / "xdf" / "minimal.xdf"
+    for day in ("mon", "tue"):
+        (tmp_path / day).mkdir()
+        (tmp_path / day / "minimal.xdf").symlink_to(src)
+    res = replay_batch(sorted(tmp_path.rglob("*.xdf")), default_config(), {}, tmp_path / "o",
+                       workers=1)
+    paths = [Path(r["commands_csv"]) for r in res["files"]]
+    assert len(set(paths)) == 2 and all(p.is_file() for p in paths)
+    assert _csv_rows(paths[0]) == _csv_rows(paths[1])
+    assert res["n_files"] == 2 and not res["failed"]
+
+
+def test_a_batch_refuses_bad_workers_and_empty_folders(tmp_path):
+    out, res = _cli(tmp_path, "--json")
+    assert out.returncode == 2 and "no .xdf files" in res["error"]
+    out, res = _cli(tmp_path, "--workers", "0", "--json")
+    assert out.returncode == 2 and "--workers" in res["error"]
 
 
 # ---- the decision comparison ---------------------------------------------------------------

@@ -3,8 +3,10 @@
 A grid search over (frequency, amplitude) inside the policy's search envelope, each candidate
 held as a constant command with the clinical duty cycle (30 s on / 5 min off) on a fresh
 `VirtualPatient(profile, seed)` for the whole duration, from t = 0. Settings that made the
-patient report discomfort or have bradycardia (or asystole) are excluded: the oracle must be
-safe too. Patient-only runs are about 1e6 x real time, so 50-odd candidates over 14 days take
+patient report discomfort, have bradycardia during stimulation or asystole are excluded: the
+oracle must be safe too. Bradycardia in sleep away from the trains is not the setting's doing
+(the unstimulated twin has it as well, and relief, which lowers sympathetic tone, makes it a
+little more frequent): it does not exclude a setting. Patient-only runs are about 1e6 x real time, so 50-odd candidates over 14 days take
 well under a minute.
 
 The score is the same as `vnsloop sim`'s `pain_reduction`: the mean true pain of the
@@ -49,13 +51,12 @@ class FixedRun:
     counters: dict[str, int] = field(default_factory=dict)
 
     def safe_against(self, twin: "FixedRun | None" = None) -> bool:
-        """No discomfort report, no limit violation, and no more bradycardia or asystole
-        than the unstimulated twin has on its own (some patients dip below 50 bpm in sleep
-        without any stimulation; that is not the setting's doing)."""
+        """No discomfort report, no limit violation, no bradycardia during stimulation, and
+        no more asystole than the unstimulated twin has on its own."""
         c = self.counters
         t = twin.counters if twin is not None else {}
         return (c.get("discomfort_events", 0) == 0 and c.get("limit_violations", 0) == 0
-                and c.get("bradycardia_events", 0) <= t.get("bradycardia_events", 0)
+                and c.get("stim_bradycardia_events", 0) == 0
                 and c.get("asystole_events", 0) <= t.get("asystole_events", 0))
 
 
@@ -102,7 +103,8 @@ def oracle_search(profile: str, seed: int, duration: float, *, freq_range=(5.0, 
         red = pain0 - run.pain_mean
         rows.append({"frequency_Hz": f, "amplitude_mA": a, "pain_reduction": red,
                      "safe": run.safe_against(twin), "discomfort_events": run.counters["discomfort_events"],
-                     "bradycardia_events": run.counters["bradycardia_events"]})
+                     "bradycardia_events": run.counters["bradycardia_events"],
+                     "stim_bradycardia_events": run.counters["stim_bradycardia_events"]})
         if rows[-1]["safe"] and (best is None or red > best["pain_reduction"]):
             best = rows[-1]
     return {

@@ -140,7 +140,8 @@ class EpochTracker:
     i.e. to the setting each epoch tried. The patient's counters are ground truth the
     controller never sees; this is bookkeeping for the report only."""
 
-    COUNTED = ("discomfort_events", "bradycardia_events", "asystole_events")
+    # bradycardia in sleep away from the trains is not a trial's doing (see controller.oracle)
+    COUNTED = ("discomfort_events", "stim_bradycardia_events", "asystole_events")
 
     def __init__(self, controller: LockstepController, patient: VirtualPatient):
         self.controller = controller
@@ -233,6 +234,7 @@ def run_sim_command(args) -> dict:
         "rescue_doses": c["rescue_doses"],
         "rescue_doses_baseline": base_rec.counters["rescue_doses"],
         "bradycardia_events": c["bradycardia_events"],
+        "stim_bradycardia_events": c["stim_bradycardia_events"],
         "asystole_events": c["asystole_events"],
         "discomfort_events": c["discomfort_events"],
         "limit_violations": c["limit_violations"],

@@ -88,6 +88,7 @@ STATE_NAMES = (
     "next_nrs", "pend_nrs_t", "pend_nrs_v", "pend_disc_t", "pend_disc_code", "last_disc",
     # counters
     "rescue_doses", "bradycardia_events", "asystole_events", "discomfort_events",
+    "stim_bradycardia_events",
 )
 (S_T, S_T0, S_K_TICK, S_RESP_FS, S_EDA_FS, S_TRUTH_DT, S_K_RESP, S_K_EDA, S_K_TRUTH,
  S_ENABLED, S_TRAIN_ON, S_TRAIN_OFF, S_CYCLE_START, S_AFF_ON, S_EXPO_ON, S_EFF_ON,
@@ -100,10 +101,16 @@ STATE_NAMES = (
  S_NEXT_BEAT, S_NEXT_RR, S_COMP_PENDING, S_HR_SMOOTH, S_IN_BRADY,
  S_EDA_TONIC, S_EDA_DRIFT, S_SCR_A, S_SCR_B, S_SCR_T, S_NEXT_SSCR, S_PSCR_T, S_PSCR_AMP,
  S_NEXT_NRS, S_PEND_NRS_T, S_PEND_NRS_V, S_PEND_DISC_T, S_PEND_DISC_CODE, S_LAST_DISC,
- S_RESCUE_DOSES, S_BRADYCARDIA_EVENTS, S_ASYSTOLE_EVENTS, S_DISCOMFORT_EVENTS) = range(74)
-assert len(STATE_NAMES) == 74
+ S_RESCUE_DOSES, S_BRADYCARDIA_EVENTS, S_ASYSTOLE_EVENTS, S_DISCOMFORT_EVENTS,
+ S_STIM_BRADYCARDIA_EVENTS) = range(75)
+assert len(STATE_NAMES) == 75
+# Bradycardia events are every entry below 50 bpm, sleep included; the stimulation ones are
+# those that begin during a train that slows the heart (above the neural fulcrum) or within
+# STIM_BRADY_AFTER_S after one.
 COUNTER_SLOTS = {"rescue_doses": S_RESCUE_DOSES, "bradycardia_events": S_BRADYCARDIA_EVENTS,
-                 "asystole_events": S_ASYSTOLE_EVENTS, "discomfort_events": S_DISCOMFORT_EVENTS}
+                 "asystole_events": S_ASYSTOLE_EVENTS, "discomfort_events": S_DISCOMFORT_EVENTS,
+                 "stim_bradycardia_events": S_STIM_BRADYCARDIA_EVENTS}
+STIM_BRADY_AFTER_S = 10.0
 
 # random streams, one per subsystem, so that stimulation (which draws on R_STIM only, and
 # changes the beat count) perturbs the other streams of a same-seed twin as little as possible
@@ -405,6 +412,9 @@ def advance_kernel(st, rng, par, stim, t_end, out, offs, cnt):
             if st[S_IN_BRADY] < 0.5 and st[S_HR_SMOOTH] < 50.0:
                 st[S_IN_BRADY] = 1.0
                 st[S_BRADYCARDIA_EVENTS] += 1.0
+                if st[S_DHR_ON] < 0.0 and (_stim_on(st, tb) > 0.5
+                                           or _stim_on(st, tb - STIM_BRADY_AFTER_S) > 0.5):
+                    st[S_STIM_BRADYCARDIA_EVENTS] += 1.0
             elif st[S_IN_BRADY] > 0.5 and st[S_HR_SMOOTH] > 55.0:
                 st[S_IN_BRADY] = 0.0
             rr = _next_rr(st, rng, par, tb)

@@ -1,6 +1,8 @@
 """The virtual patient against physiology: resting heart rate and HRV in adult ranges (checked
 with NeuroKit2), RSA at the breathing rate, the neural fulcrum, analgesia over days, side
 effects, reports, and bit-for-bit reproducibility."""
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.signal import welch
@@ -221,6 +223,21 @@ def test_side_effects_and_their_counters():
     p, o = run("cardiac_sensitive", 0, 1800.0, Stimulation(3.5, 30.0, 500.0, 60.0, 60.0, True))
     assert p.bradycardia_events > 0
     assert p.asystole_events > 0 and o.rr_ms.max() > 2500.0
+    # this bradycardia is the trains' doing: it begins during one or within seconds after
+    assert p.counters["stim_bradycardia_events"] == p.bradycardia_events
+
+
+def test_bradycardia_in_sleep_is_not_counted_as_the_stimulations():
+    # A patient with a slow heart dips below 50 bpm at night with no stimulation at all ...
+    slow = dataclasses.replace(patient_params("fibromyalgia", 0), hr0=52.0)
+    p = VirtualPatient("fibromyalgia", 0, params=slow)
+    p.advance(86400.0, OFF)
+    assert p.bradycardia_events > 0 and p.counters["stim_bradycardia_events"] == 0
+    # ... and with gentle trains (no efferent effect) the night dips are still not theirs
+    q = VirtualPatient("fibromyalgia", 0, params=slow)
+    q.advance(86400.0, Stimulation(0.5, 20.0, 250.0, 30.0, 300.0, True))
+    assert q.bradycardia_events > 0
+    assert q.counters["stim_bradycardia_events"] < q.bradycardia_events
 
 
 def test_envelope_violations_are_counted():

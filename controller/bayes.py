@@ -135,8 +135,10 @@ class BayesSettings:
     max_amp_step_mA: float = 0.5               # largest amplitude rise between epochs
     acquisition: str = "safeopt"
     # SafeOpt's pick among maximisers and expanders: "upper" (highest upper bound on relief)
-    # or "width" (most uncertain, the original rule: pure exploration of the safe set)
-    safeopt_select: str = "width"
+    # or "width" (most uncertain, the original rule: pure exploration of the safe set). Over
+    # 14 days on fibromyalgia seed 1, "upper" gave twice the pain reduction of "width" (0.50
+    # against 0.24 NRS; the oracle 1.16): "width" spends its trials mapping low doses.
+    safeopt_select: str = "upper"
     thompson_max_points: int = 400             # draw over a random subset beyond this (cost)
     beta: float = 2.0                          # objective confidence bounds
     beta_safe: float = 2.0                     # constraint confidence bounds

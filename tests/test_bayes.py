@@ -91,7 +91,9 @@ def test_non_responder_flagged_and_amplitude_not_pushed():
         assert pol.non_responder
         assert pol.flagged_at <= 25
         assert set(tried[pol.flagged_at:]) == {(20.0, 0.5)}   # back to the low seed
-        assert max(a for _, a in tried) < 2.0            # well below the 3.5 mA cap
+        # it climbs the dose first (relief is expected to grow with charge), but stops well
+        # below the 3.5 mA cap
+        assert max(a for _, a in tried) <= 2.5
         assert pol.current["amplitude_mA"] == pol.settings.seed_amplitude_mA
     off = optimise(0, epochs=30, objective=lambda f, a: 0.0, fallback="off")[0]
     assert off.non_responder and off.current is None and not off.stimulation(off.current).enabled

@@ -12,16 +12,26 @@ with regressors phi(t) = [1, cos wt, sin wt, z-scored physiology..., SCR load L(
 - a daily rhythm: one pair of harmonics of period `rhythm_period_s`, its phase learned
   (the controller's clock need not know the time of day);
 - slow physiology: heart rate, ln RMSSD, ln LF power and EDA tonic as z-scores against the
-  baseline period, smoothed over `physio_tau_s`. Their slopes start at zero with a prior sd
-  (`physio_weight_sd`) and are calibrated by the ratings; they join once `physio_min_ratings`
-  reports exist. Their parameter uncertainty is part of the reported sd, so readings far from
-  what the calibration saw (sleep, say) widen the interval instead of moving the mean blindly;
+  baseline period, smoothed over `physio_tau_s`. Their slopes start from a prior and are
+  calibrated by the ratings; they join once `physio_min_ratings` reports exist. The priors
+  carry the physiology's signs: pain raises sympathetic ln LF power (`lf_weight_mean` +-
+  `lf_weight_sd`; sleep shifts it least, so it carries most weight) and withdraws vagal tone,
+  lowering ln RMSSD (`rmssd_weight_mean` +- `rmssd_weight_sd`); heart rate and EDA tonic start
+  at zero (+- `physio_weight_sd`). Sleep moves heart rate, RMSSD and EDA far more than pain
+  does, so these three count only while awake: a soft gate closes when
+  (z ln RMSSD - z HR) / 2 passes `sleep_gate_z`. The slopes' uncertainty is part of the
+  reported sd, so readings far from what the calibration saw widen the interval instead of
+  moving the mean blindly;
 - a phasic term: brief pain transients show as skin-conductance responses (SCRs) a second or
-  two later. The SCR load L(t) = sum_i g(a_i) exp(-(t - onset_i) / scr_tau_s) weighs each
-  response by how unlike the patient's spontaneous SCRs its amplitude a_i is (a soft gate on
-  ln a, its threshold `scr_gate_z` sds above the running mean of ln a of the patient's own
-  SCRs). Its gain (NRS per gated µS) starts at the prior `scr_gain` +- `scr_gain_sd` and is
-  calibrated by the ratings like the other slopes;
+  two later, with an amplitude about proportional to the transient. The SCR load
+  L(t) = sum_i p_i a_i exp(-(t - onset_i) / scr_tau_s) weighs each response a_i by the
+  posterior probability p_i that pain evoked it rather than the patient's spontaneous SCR
+  activity: spontaneous SCRs are log-normal in amplitude (the running mean and sd of ln a of
+  the patient's own SCRs; prior median `scr_gate_uS` exp(-`scr_gate_z`/2)) at their running
+  rate (prior `scr_spont_rate_min`), pain-evoked ones exponential with mean
+  `pain_transient_nrs` / `scr_gain` µS at the rate `pain_transient_rate_h`. Its gain (NRS per
+  µS) starts at the prior `scr_gain` +- `scr_gain_sd` and is calibrated by the ratings like the
+  other slopes;
 - e(t): a residual Ornstein-Uhlenbeck process (`pain_tau_s`, `pain_stationary_sd`) that a
   rating pins down and that fades back between ratings.
 
@@ -54,13 +64,20 @@ class EstimationSettings:
     rhythm_sd: float = 0.5                # prior sd of each harmonic coefficient (0: off)
     physio_tau_s: float = 300.0           # smoothing of the physiological z-scores
     physio_weight_sd: float = 0.1         # prior sd of each physiological slope (NRS per z)
+    lf_weight_mean: float = 3.0           # prior mean of the ln LF power slope (NRS per z)
+    lf_weight_sd: float = 1.0             # prior sd of the ln LF power slope (NRS per z)
+    rmssd_weight_mean: float = -0.5       # prior mean of the ln RMSSD slope (NRS per z)
+    rmssd_weight_sd: float = 0.3          # prior sd of the ln RMSSD slope (NRS per z)
+    sleep_gate_z: float = 2.0             # sleep: (z ln RMSSD - z HR) / 2 above this
     physio_min_ratings: int = 4           # physiology joins after this many reports
     scr_tau_s: float = 90.0               # decay of the pain transient an SCR signals
-    scr_gain: float = 3.5                 # prior gain, NRS per gated µS of SCR amplitude
+    scr_gain: float = 4.0                 # prior gain, NRS per µS of pain-evoked SCR amplitude
     scr_gain_sd: float = 1.0              # prior sd of that gain
-    scr_gate_uS: float = 0.4              # gate threshold until enough SCRs are seen
-    scr_gate_z: float = 2.0               # gate threshold: sds of ln amplitude above the mean
-    scr_gate_width: float = 0.15          # softness of the gate, ln units
+    scr_gate_uS: float = 0.4              # prior for spontaneous SCR amplitudes: with
+    scr_gate_z: float = 2.0               #   median scr_gate_uS * exp(-scr_gate_z / 2)
+    scr_spont_rate_min: float = 1.5       # prior rate of spontaneous SCRs (per min)
+    pain_transient_rate_h: float = 4.0    # prior rate of brief pain transients (per h)
+    pain_transient_nrs: float = 1.5       # their mean size (NRS), exponential
 
 
 class RunningStats:
@@ -133,19 +150,32 @@ def _safe_log(x: float) -> float:
 
 
 class SCRLoad:
-    """Causal load of pain-like skin-conductance responses (see the module docstring)."""
+    """Causal load of pain-like skin-conductance responses (see the module docstring).
+
+    Each SCR is weighed by the posterior probability that a pain transient caused it, from a
+    two-part mixture of SCR amplitudes: spontaneous responses, log-normal with the running mean
+    and sd of ln a of the patient's own SCRs (weighted by the probability of being spontaneous)
+    at the running SCR rate, and pain-evoked responses, exponential with mean
+    `pain_transient_nrs / scr_gain` at the rate `pain_transient_rate_h`."""
 
     MIN_SEEN = 30            # SCRs before the patient's own amplitude statistics set the gate
     STATS_ALPHA = 0.01       # running mean / variance of ln amplitude (~100 SCRs)
+    RATE_TAU_S = 1800.0      # running SCR rate
+    PRIOR_S = 300.0          # weight of the prior rate, as seconds of observation
 
     def __init__(self, s: EstimationSettings, t0: float):
         self.s = s
         self.t = t0
+        self.t0 = t0
         self.value = 0.0
         self.n_seen = 0
+        self._w_seen = 0.0
         self._mu = math.log(max(s.scr_gate_uS, 1e-3)) - s.scr_gate_z * 0.5
         self._var = 0.25
-        self.threshold = math.log(max(s.scr_gate_uS, 1e-3))
+        self._count = 0.0            # exponentially weighted count of SCRs (RATE_TAU_S)
+        self._count_t = t0
+        self._mean_evoked = s.pain_transient_nrs / max(s.scr_gain, 1e-6)   # µS
+        self._rate_evoked = s.pain_transient_rate_h / 3600.0                # per s
 
     def decay_to(self, t: float) -> None:
         dt = t - self.t
@@ -153,24 +183,47 @@ class SCRLoad:
             self.value *= math.exp(-dt / self.s.scr_tau_s)
             self.t = t
 
+    def rate(self, t: float) -> float:
+        """Running rate of all SCRs, per s (the prior rate until some are seen)."""
+        span = self.RATE_TAU_S * (1.0 - math.exp(-max(t - self.t0, 0.0) / self.RATE_TAU_S))
+        c = self._count * math.exp(-max(t - self._count_t, 0.0) / self.RATE_TAU_S)
+        prior = self.s.scr_spont_rate_min / 60.0 + self._rate_evoked
+        return (c + prior * self.PRIOR_S) / (span + self.PRIOR_S)
+
+    def p_evoked(self, amplitude_uS: float, t: float | None = None) -> float:
+        a = amplitude_uS
+        la = math.log(a)
+        var = max(self._var, 1e-4)
+        d = la - self._mu
+        f0 = math.exp(-0.5 * d * d / var) / (a * math.sqrt(2 * math.pi * var))
+        m = self._mean_evoked
+        fs = math.exp(-a / m) / m
+        lam_s = self._rate_evoked
+        lam_0 = max(self.rate(self.t if t is None else t) - lam_s, 0.1 * lam_s)
+        num = lam_s * fs
+        den = num + lam_0 * f0
+        return num / den if den > 0 else 1.0
+
     def weight(self, amplitude_uS: float) -> float:
-        la = math.log(amplitude_uS)
-        x = (la - self.threshold) / max(self.s.scr_gate_width, 1e-6)
-        return amplitude_uS / (1.0 + math.exp(-max(min(x, 50.0), -50.0)))
+        return amplitude_uS * self.p_evoked(amplitude_uS)
 
     def add(self, t_onset: float, amplitude_uS: float) -> None:
         if not (math.isfinite(amplitude_uS) and amplitude_uS > 0 and math.isfinite(t_onset)):
             return
-        w = self.weight(amplitude_uS)
-        # the patient's own SCR amplitudes (mostly spontaneous) set the gate
+        t_ref = max(t_onset, self._count_t)
+        self._count = self._count * math.exp(-(t_ref - self._count_t) / self.RATE_TAU_S) + 1.0
+        self._count_t = t_ref
+        p = self.p_evoked(amplitude_uS, t_ref)
+        w = amplitude_uS * p
+        # the patient's own spontaneous SCR amplitudes, each weighed by its odds of being one
         la = math.log(amplitude_uS)
         self.n_seen += 1
-        a = max(self.STATS_ALPHA, 1.0 / self.n_seen)
+        q = 1.0 - p if self.n_seen > self.MIN_SEEN else 1.0
+        self._w_seen += q
+        a = q * max(self.STATS_ALPHA, 1.0 / max(self._w_seen, 1.0))
         d = la - self._mu
         self._mu += a * d
         self._var = (1 - a) * (self._var + a * d * d)
-        if self.n_seen >= self.MIN_SEEN:
-            self.threshold = self._mu + self.s.scr_gate_z * math.sqrt(self._var)
         # the onset may lie before the load's clock (detection comes after the rise)
         self.value += w * math.exp(-max(self.t - t_onset, 0.0) / self.s.scr_tau_s)
 
@@ -193,9 +246,18 @@ class PainFilter:
         self.x = np.zeros(self.N)
         self.x[self.I_LEVEL] = s.pain_prior_mean
         self.x[self.I_GAIN] = s.scr_gain
+        prior = {k: (0.0, s.physio_weight_sd) for k in self.PHYSIO}
+        prior["ln_lf"] = (s.lf_weight_mean, s.lf_weight_sd)
+        prior["ln_rmssd"] = (s.rmssd_weight_mean, s.rmssd_weight_sd)
+        for i, k in enumerate(self.PHYSIO):
+            self.x[self.I_PHY + i] = prior[k][0]
         self.P = np.diag([s.pain_prior_sd ** 2, s.rhythm_sd ** 2, s.rhythm_sd ** 2]
-                         + [s.physio_weight_sd ** 2] * len(self.PHYSIO)
+                         + [prior[k][1] ** 2 for k in self.PHYSIO]
                          + [s.scr_gain_sd ** 2, s.pain_stationary_sd ** 2])
+        # indices that sleep shifts far more than pain does: they count only while awake
+        self._sleep_shifted = [self.PHYSIO.index(k) for k in ("hr", "ln_rmssd", "eda")]
+        self._i_hr, self._i_rmssd = self.PHYSIO.index("hr"), self.PHYSIO.index("ln_rmssd")
+        self.awake = 1.0
         self.h = np.zeros(self.N)          # regressors at the current time
         self.h[self.I_LEVEL] = 1.0
         self.h[self.I_RES] = 1.0
@@ -235,6 +297,9 @@ class PainFilter:
                 # a clamp keeps one wild reading (an artefact) from dominating the regression
                 self._phys[i] += a * (max(-6.0, min(6.0, v)) - self._phys[i])
                 self._phys_seen = True
+        # sleep: a vagal rise with a heart-rate fall well beyond what pain moves
+        score = 0.5 * (self._phys[self._i_rmssd] - self._phys[self._i_hr]) - self.s.sleep_gate_z
+        self.awake = 1.0 / (1.0 + math.exp(max(-50.0, min(50.0, score / 0.25))))
 
     def _regressors(self) -> np.ndarray:
         h = self.h
@@ -244,6 +309,8 @@ class PainFilter:
             h[2] = math.sin(ph)
         if self._phys_seen and self.n_ratings >= self.s.physio_min_ratings:
             h[3:3 + len(self.PHYSIO)] = self._phys
+            for i in self._sleep_shifted:
+                h[3 + i] *= self.awake
         h[self.I_GAIN] = self.scr.value
         return h
 

@@ -162,9 +162,9 @@ class BayesSettings:
     # held for `trial_s` (several of the runtime's epochs; the trial ends at the first epoch
     # boundary at or after it) and scored only over the part after `washout_s`, where the
     # previous setting's carry-over has faded. The score is the level of estimated pain there
-    # below the patient's unstimulated reference: the estimate at the end of `reference_s`
-    # with stimulation off, right after the estimator's baseline (0: the estimate when the
-    # baseline is ready).
+    # below the patient's unstimulated reference, scored the same way over the part of
+    # `reference_s` (stimulation off, right after the estimator's baseline) after `washout_s`
+    # (reference_s = 0: the estimate when the baseline is ready).
     trial_s: float = 7200.0
     washout_s: float = 2700.0
     reference_s: float = 7200.0
@@ -470,21 +470,27 @@ class SafeBayesPolicy:
             self.started = True
             self._phase = "reference"
             self._ref_end = t + self.settings.reference_s
+            self._begin_epoch(t, state)
             if self.settings.reference_s <= 0:
                 self._take_reference(t, state)
-        if self._phase == "reference":
-            return self.stimulation(None)
-        if math.isfinite(change):
+        if self._phase == "trial" and math.isfinite(change):
             self._hr_sum += change
             self._hr_n += 1
+        # The reference is scored like a trial (the mean estimate after the washout), so that
+        # both sides of a relief score average over the same span of ratings.
         if (t >= self._epoch_t0 + self.settings.washout_s and math.isfinite(state.pain_mean)):
             self._win_sum += state.pain_mean
             self._win_sd_sum += state.pain_sd if math.isfinite(state.pain_sd) else NAN
             self._win_n += 1
+        if self._phase == "reference":
+            return self.stimulation(None)
         return self.stimulation(self.current)
 
     def _take_reference(self, t: float, state: StateEstimate) -> None:
-        self.reference = (state.pain_mean, state.pain_sd)
+        if self._win_n:
+            self.reference = (self._win_sum / self._win_n, self._win_sd_sum / self._win_n)
+        else:
+            self.reference = (state.pain_mean, state.pain_sd)
         self._phase = "trial"
         self._begin_epoch(t, state)
 

@@ -113,13 +113,19 @@ def test_the_scr_weight_is_the_odds_of_a_pain_evoked_response():
     assert g.scr.p_evoked(0.5) > f.scr.p_evoked(0.5)
 
 
-def test_the_lf_slope_prior_reads_a_sympathetic_rise_as_pain():
+def _settled_filter(z: dict):
+    """A filter with one rating and no rhythm or drift, settled on physiology z."""
     s = _settings(level_drift_sd=0.0, rhythm_sd=0.0, physio_min_ratings=1)
     f = PainFilter(s, 0.0)
     f.rating(10.0, 5.0)
-    z = {"hr": 0.0, "ln_rmssd": 0.0, "ln_lf": 0.0, "eda": 0.0}
     for t in range(11, 2000):
         f.step(float(t), z)
+    return s, f
+
+
+def test_the_lf_slope_prior_reads_a_sympathetic_rise_as_pain():
+    z = {"hr": 0.0, "ln_rmssd": 0.0, "ln_lf": 0.0, "eda": 0.0}
+    s, f = _settled_filter(z)
     m0, sd0 = f.mean, f.sd
     z["ln_lf"] = 0.5
     for t in range(2000, 4000):
@@ -130,12 +136,8 @@ def test_the_lf_slope_prior_reads_a_sympathetic_rise_as_pain():
 
 
 def test_sleep_closes_the_gate_on_the_sleep_shifted_indices():
-    s = _settings(level_drift_sd=0.0, rhythm_sd=0.0, physio_min_ratings=1)
-    f = PainFilter(s, 0.0)
-    f.rating(10.0, 5.0)
     awake = {"hr": 0.0, "ln_rmssd": 0.0, "ln_lf": 0.0, "eda": 0.0}
-    for t in range(11, 2000):
-        f.step(float(t), awake)
+    s, f = _settled_filter(awake)
     m0 = f.mean
     assert f.awake > 0.99
     # a small vagal withdrawal while awake reads as pain

@@ -158,7 +158,7 @@ class SCRLoad:
     at the running SCR rate, and pain-evoked responses, exponential with mean
     `pain_transient_nrs / scr_gain` at the rate `pain_transient_rate_h`."""
 
-    MIN_SEEN = 30            # SCRs before the patient's own amplitude statistics set the gate
+    MIN_SEEN = 30            # SCRs before the running statistics count only spontaneous odds
     STATS_ALPHA = 0.01       # running mean / variance of ln amplitude (~100 SCRs)
     RATE_TAU_S = 1800.0      # running SCR rate
     PRIOR_S = 300.0          # weight of the prior rate, as seconds of observation

@@ -6,8 +6,8 @@ held as a constant command with the clinical duty cycle (30 s on / 5 min off) on
 patient report discomfort, have bradycardia during stimulation or asystole are excluded: the
 oracle must be safe too. Bradycardia in sleep away from the trains is not the setting's doing
 (the unstimulated twin has it as well, and relief, which lowers sympathetic tone, makes it a
-little more frequent): it does not exclude a setting. Patient-only runs are about 1e6 x real time, so 50-odd candidates over 14 days take
-well under a minute.
+little more frequent): it does not exclude a setting. Patient-only runs are about 1e6 x real
+time, so 50-odd candidates over 14 days take well under a minute.
 
 The score is the same as `vnsloop sim`'s `pain_reduction`: the mean true pain of the
 unstimulated twin (same profile and seed) minus the mean true pain under the candidate, both

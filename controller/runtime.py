@@ -175,9 +175,7 @@ class ControlLoop:
         quality = self._ecg.quality if self._ecg is not None else 1.0
         self.supervisor.on_signal(t, t, quality)
         if math.isfinite(rr_ms):
-            cmd, evs = self.supervisor.on_beat(t, rr_ms)
-            if cmd is not None or evs:
-                self.emit(cmd, evs)
+            self.emit(*self.supervisor.on_beat(t, rr_ms))
         return True
 
     def _to_hrv(self, beat_times: list[float]) -> None:

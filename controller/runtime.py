@@ -51,7 +51,8 @@ class TimestampRing:
         i = self.count % size
         k = min(n, size - i)
         self.buf[i:i + k] = ts[:k]
-        self.buf[:n - k] = ts[k:]
+        if k < n:
+            self.buf[:n - k] = ts[k:]
         self.count += n
 
     def time_of(self, index: int) -> float:
@@ -99,21 +100,22 @@ class ControlLoop:
 
     # ---- sample and beat paths -------------------------------------------------------------
     def feed(self, chunk: Chunk) -> None:
-        if len(chunk) == 0:
+        ts = chunk.timestamps
+        if len(ts) == 0:
             return
         role = chunk.role
-        self._note_fed(role, float(chunk.timestamps[0]), float(chunk.timestamps[-1]))
+        self._note_fed(role, float(ts[0]), float(ts[-1]))
         if role == "ecg":
             self._feed_ecg(chunk)
         elif role == "rr":
-            self._to_hrv([t for t, rr in zip(chunk.timestamps.tolist(), chunk.data[:, 0].tolist())
+            self._to_hrv([t for t, rr in zip(ts.tolist(), chunk.data[:, 0].tolist())
                           if self._beat(t, rr)])
         elif role == "resp":
             self._feed_resp(chunk)
         elif role == "eda":
             if self._eda is None:
                 self.set_input_rate("eda", self._estimated_fs(chunk))
-            for ev in self._eda.process(chunk.data[:, 0], chunk.timestamps):
+            for ev in self._eda.process(chunk.data[:, 0], ts):
                 self.event(ev)
                 if ev.kind == "eda.scr":
                     self.estimator.scr(ev.data["onset_t"], ev.data["amplitude_uS"])
@@ -128,11 +130,13 @@ class ControlLoop:
         self._note_fed("operator", t, t)
 
     def _note_fed(self, role: str, first: float, last: float) -> None:
-        if role not in self.fed_t:
+        fed = self.fed_t.get(role)
+        if fed is None:
             # Tells a replay where this input began for the live loop.
             self.event(Event(first, "input.started", role, f"first {role} sample fed",
                              {"first_t": first}))
-        self.fed_t[role] = max(self.fed_t.get(role, -math.inf), last)
+            fed = -math.inf
+        self.fed_t[role] = max(fed, last)
 
     @staticmethod
     def _estimated_fs(chunk: Chunk) -> float:
@@ -258,7 +262,8 @@ class ControlLoop:
         if self.gating:
             stim = self._gated(stim, t < self.gate_until and stim.enabled)
         cmd = self._guard_and_send(t, stim)
-        self.state.fed_t = tuple(self.fed_t.get(r, math.nan) for r in INPUT_ROLES)
+        fed = self.fed_t
+        self.state.fed_t = tuple([fed.get(r, math.nan) for r in INPUT_ROLES])
         self.out.send_state(self.state)
         self.tick_compute_ns.append(time.perf_counter_ns() - start)
         return cmd

@@ -17,6 +17,7 @@ below the LF band.) Records shorter than MIN_FREQ_DURATION_S give NaN frequency 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 from numba import njit
@@ -92,17 +93,36 @@ def _resampled_detrended(t, y, fs, x, w):
         x[k] -= mean_x + slope * (k - mean_k)
 
 
+@lru_cache(maxsize=8)
+def _welch_plan(nper: int) -> tuple:
+    """What the spectrum of segments of `nper` samples needs beyond the samples: the Hann
+    window, its power, the frequency grid and the LF and HF masks and frequencies. Built once
+    per length (a window of 1024 cosines and the masks cost more than the FFT), read-only."""
+    win = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(nper) / nper)
+    f = np.arange(nper // 2 + 1) * (RESAMPLE_HZ / nper)
+    lf_m = (f >= LF_BAND[0]) & (f < LF_BAND[1])
+    hf_m = (f >= HF_BAND[0]) & (f < HF_BAND[1])
+    plan = (win, float(np.dot(win, win)), f, lf_m, hf_m, f[lf_m], f[hf_m])
+    for a in plan:
+        if isinstance(a, np.ndarray):
+            a.flags.writeable = False
+    return plan
+
+
 def _welch_hann(x: np.ndarray, nper: int) -> tuple[np.ndarray, np.ndarray]:
     """scipy's `welch(x, RESAMPLE_HZ, "hann", nper, nper // 2)`: the mean one-sided periodogram
     (ms^2/Hz) of the mean-removed, Hann-windowed, half-overlapping segments."""
     step = nper - nper // 2
-    seg = np.lib.stride_tricks.sliding_window_view(x, nper)[::step]
+    win, win_power, f = _welch_plan(nper)[:3]
+    # the segments as a strided view of x (what sliding_window_view(x, nper)[::step] is,
+    # without its argument checks)
+    seg = np.lib.stride_tricks.as_strided(x, ((len(x) - nper) // step + 1, nper),
+                                          (x.strides[0] * step, x.strides[0]), writeable=False)
     seg = seg - seg.mean(axis=1, keepdims=True)
-    win = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(nper) / nper)
     spec = np.fft.rfft(seg * win, axis=1)
-    p = (spec.real ** 2 + spec.imag ** 2).mean(axis=0) / (RESAMPLE_HZ * np.dot(win, win))
+    p = (spec.real ** 2 + spec.imag ** 2).mean(axis=0) / (RESAMPLE_HZ * win_power)
     p[1:nper // 2 + nper % 2] *= 2.0   # the Nyquist bin of an even length is not doubled
-    return np.arange(len(p)) * (RESAMPLE_HZ / nper), p
+    return f, p
 
 
 def frequency_features(rr_ms, t_s) -> dict:
@@ -120,15 +140,16 @@ def frequency_features(rr_ms, t_s) -> dict:
     n = int(math.floor((t[-1] - t[0]) * RESAMPLE_HZ)) + 1
     x = np.empty(n)
     _resampled_detrended(t, rr, RESAMPLE_HZ, x, np.empty((4, len(t))))
-    f, p = _welch_hann(x, min(int(WELCH_WINDOW_S * RESAMPLE_HZ), n))
-    lf_m = (f >= LF_BAND[0]) & (f < LF_BAND[1])
-    hf_m = (f >= HF_BAND[0]) & (f < HF_BAND[1])
-    lf = float(trapezoid(p[lf_m], f[lf_m]))
-    hf = float(trapezoid(p[hf_m], f[hf_m]))
+    nper = min(int(WELCH_WINDOW_S * RESAMPLE_HZ), n)
+    f, p = _welch_hann(x, nper)
+    lf_m, hf_m, f_lf, f_hf = _welch_plan(nper)[3:]
+    # numpy's trapezoid is scipy's arithmetic without its array-API dispatch
+    lf = float(np.trapezoid(p[lf_m], f_lf))
+    hf = float(np.trapezoid(p[hf_m], f_hf))
     out["lf_ms2"] = lf
     out["hf_ms2"] = hf
     out["lf_hf"] = lf / hf if hf > 0 else math.nan
-    out["hf_peak_hz"] = float(f[hf_m][np.argmax(p[hf_m])]) if hf_m.any() else math.nan
+    out["hf_peak_hz"] = float(f_hf[np.argmax(p[hf_m])]) if len(f_hf) else math.nan
     return out
 
 
@@ -282,6 +303,7 @@ class StreamingHRV:
         self._t_last = -math.inf
         self._freq = {k: math.nan for k in FREQ_KEYS}
         self._freq_t = -math.inf
+        self._features: dict | None = None
 
     @property
     def n_beats(self) -> int:
@@ -294,16 +316,20 @@ class StreamingHRV:
             self.reset()
         self._t_last = t_s
         _ring_push(self._st, self._t, self._rr, t_s, rr_ms, self.window_s)
+        self._features = None
 
     def features(self) -> dict:
-        _ring_time_features(self._st, self._time)
-        out = dict(zip(TIME_KEYS, self._time.tolist()))
-        if self.n_beats and self._t_last - self._freq_t >= self.freq_every_s:
-            t, rr = _unroll(self._st, self._t, self._rr)
-            self._freq = frequency_features(rr, t)
-            self._freq_t = self._t_last
-        out.update(self._freq)
-        return out
+        # Only a beat changes them: a tick faster than the heart often comes without one.
+        if self._features is None:
+            _ring_time_features(self._st, self._time)
+            out = dict(zip(TIME_KEYS, self._time.tolist()))
+            if self.n_beats and self._t_last - self._freq_t >= self.freq_every_s:
+                t, rr = _unroll(self._st, self._t, self._rr)
+                self._freq = frequency_features(rr, t)
+                self._freq_t = self._t_last
+            out.update(self._freq)
+            self._features = out
+        return self._features.copy()
 
     def window(self) -> tuple[np.ndarray, np.ndarray]:
         """(beat times, RR) currently in the window, oldest first (copies)."""

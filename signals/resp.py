@@ -32,6 +32,7 @@ Rate: 60 * (n - 1) / (t_last - t_first) over the exhalation onsets within the la
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 
 import numpy as np
 
@@ -42,6 +43,7 @@ from scipy.signal import butter, sosfilt_zi
 # kernel state layout (float64 array)
 (_LAST, _HAVE, _MED_HEAD, _MED_N, _MS, _PHASE, _EXT_V, _EXT_T, _WARM, _LAST_ON, _PERIOD) = range(11)
 _STATE_LEN = 11
+_NONE = np.zeros(0)   # `process` returns fresh views of it: cheaper than a copy
 # parameter layout
 (_P_MS_ALPHA, _P_HYST, _P_WARM_N, _P_SIGN, _P_MIN_BREATH, _P_REFRACT) = range(6)
 
@@ -192,10 +194,12 @@ class RespirationProcessor:
 
     @property
     def rate_bpm(self) -> float:
-        on = [t for t in self._onsets if t > self._t_now - self.rate_window_s]
-        if len(on) < 2 or on[-1] <= on[0]:
+        on = self._onsets   # increasing: the kernel spaces onsets by at least min_breath_s
+        i = bisect_right(on, self._t_now - self.rate_window_s)
+        n = len(on) - i
+        if n < 2 or on[-1] <= on[i]:
             return math.nan
-        return 60.0 * (len(on) - 1) / (on[-1] - on[0])
+        return 60.0 * (n - 1) / (on[-1] - on[i])
 
     @property
     def filtered(self) -> np.ndarray:
@@ -212,13 +216,15 @@ class RespirationProcessor:
         self._n_last = n
         k = _resp_kernel(x, t, self._sos, self._zi, self._zi_unit, self._ring, self._srt,
                          self._st, self._par, self._y, self._on, self._det)
-        onsets = self._on[:k].copy()
-        self.detected_t = self._det[:k].copy()
         if n:
             self._t_now = float(t[-1])
-        if k:
-            self._onsets.extend(onsets.tolist())
-            cut = self._t_now - self.rate_window_s
-            while self._onsets and self._onsets[0] <= cut:
-                self._onsets.pop(0)
+        if not k:   # most chunks hold no onset: fresh views of one empty array, no copies
+            self.detected_t = _NONE.view()
+            return _NONE.view()
+        onsets = self._on[:k].copy()
+        self.detected_t = self._det[:k].copy()
+        self._onsets.extend(onsets.tolist())
+        cut = self._t_now - self.rate_window_s
+        while self._onsets and self._onsets[0] <= cut:
+            self._onsets.pop(0)
         return onsets

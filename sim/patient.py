@@ -105,7 +105,7 @@ class VirtualPatient:
     def advance(self, t_end: float, stim: Stimulation = OFF) -> PatientOutput:
         if stim is not self._stim:
             self._set_stim(stim)
-        t = self._st[m.S_T]
+        t = float(self._st[m.S_T])
         span = t_end - t
         if not span >= 0.0:
             raise ValueError(f"cannot advance from {t} back to {t_end}")
@@ -116,40 +116,43 @@ class VirtualPatient:
         ne = int(span * self.eda_fs) + 2
         nt = int(span / self.truth_dt) + 2
         nq = int(span / m.DISCOMFORT_GAP_S) + 4
-        o = self._offs
-        o[0] = 0
-        o[1] = nb
-        o[2] = 2 * nb
-        o[3] = o[2] + nr
-        o[4] = o[3] + nr
-        o[5] = o[4] + nx
-        o[6] = o[5] + ne
-        o[7] = o[6] + ne
-        o[8] = o[7] + nt
-        o[9] = nt
-        o[10] = o[8] + m.N_TRUTH * nt
-        o[11] = o[10] + nq
-        out = np.empty(o[11] + nq)
+        o_resp_t = 2 * nb
+        o_resp = o_resp_t + nr
+        o_exh = o_resp + nr
+        o_eda_t = o_exh + nx
+        o_eda = o_eda_t + ne
+        o_truth_t = o_eda + ne
+        o_truth = o_truth_t + nt
+        o_rating_t = o_truth + m.N_TRUTH * nt
+        o_rating = o_rating_t + nq
+        # one assignment: a dozen item assignments to the array cost more than the kernel
+        self._offs[:] = (0, nb, o_resp_t, o_resp, o_exh, o_eda_t, o_eda, o_truth_t, o_truth, nt,
+                         o_rating_t, o_rating)
+        out = np.empty(o_rating + nq)
         c = self._cnt
-        m.advance_kernel(self._st, self._rng, self._par, self._stim_arr, float(t_end), out, o, c)
+        m.advance_kernel(self._st, self._rng, self._par, self._stim_arr, float(t_end), out,
+                         self._offs, c)
         b, r, x, e, n, q = c.tolist()
         beat_t = out[:b]
         rr_ms = out[nb:nb + b]
         if q:
             ratings = [(float(tq), _RATING_TEXT[code])
-                       for tq, code in zip(out[o[10]:o[10] + q], out[o[11]:o[11] + q])]
+                       for tq, code in zip(out[o_rating_t:o_rating_t + q],
+                                           out[o_rating:o_rating + q])]
         else:
             ratings = []
-        tb = o[8]
-        truth = {name: out[tb + k * nt:tb + k * nt + n] for k, name in enumerate(m.TRUTH_NAMES)}
+        # the rows of the truth block as views, one slice for all of them
+        truth = dict(zip(m.TRUTH_NAMES,
+                         out[o_truth:o_truth + m.N_TRUTH * nt].reshape(m.N_TRUTH, nt)[:, :n]))
         if self._ecg is not None:
-            ecg_t, ecg = self._ecg.render(float(t), float(t_end), beat_t, rr_ms,
+            ecg_t, ecg = self._ecg.render(t, float(t_end), beat_t, rr_ms,
                                           resp_bpm=float(self._st[m.S_RESP_BPM]))
         else:
             ecg_t = ecg = _EMPTY
-        return PatientOutput(beat_t, rr_ms, ecg_t, ecg, out[o[2]:o[2] + r], out[o[3]:o[3] + r],
-                             out[o[5]:o[5] + e], out[o[6]:o[6] + e], ratings,
-                             out[o[4]:o[4] + x], out[o[7]:o[7] + n], truth)
+        return PatientOutput(beat_t, rr_ms, ecg_t, ecg, out[o_resp_t:o_resp_t + r],
+                             out[o_resp:o_resp + r], out[o_eda_t:o_eda_t + e],
+                             out[o_eda:o_eda + e], ratings, out[o_exh:o_exh + x],
+                             out[o_truth_t:o_truth_t + n], truth)
 
 
 def warmup() -> None:

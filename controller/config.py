@@ -139,6 +139,9 @@ class EstimationConfig:
     scr_spont_rate_min: float = spec(1.5, 0.05, 30.0, "1/min", "prior rate of spontaneous SCRs")
     pain_transient_rate_h: float = spec(4.0, 0.1, 120.0, "1/h", "prior rate of pain transients")
     pain_transient_nrs: float = spec(1.5, 0.1, 10.0, "NRS", "mean size of a pain transient")
+    dose_tau_s: float = spec(1200.0, 60.0, 86400.0, "s", "smoothing of the delivered current")
+    dose_weight_mean: float = spec(-8.0, -50.0, 50.0, "NRS/mA", "prior mean of the dose slope")
+    dose_weight_sd: float = spec(4.0, 0.0, 50.0, "NRS/mA", "prior sd of the dose slope")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,16 @@ with regressors phi(t) = [1, cos wt, sin wt, z-scored physiology..., SCR load L(
   `pain_transient_nrs` / `scr_gain` µS at the rate `pain_transient_rate_h`. Its gain (NRS per
   µS) starts at the prior `scr_gain` +- `scr_gain_sd` and is calibrated by the ratings like the
   other slopes;
+- a dose term: the stimulation the supervisor let out, as mean delivered current (amplitude
+  times the train's on-fraction, 0 while disabled) smoothed over `dose_tau_s`, the time over
+  which descending inhibition builds up and wears off. Its slope starts at
+  `dose_weight_mean` +- `dose_weight_sd` (NRS per mA) and is calibrated by the ratings; it lets
+  the estimate follow relief that comes and goes with the stimulation (a train paused in
+  sleep, a PID that lowers the amplitude) between reports instead of waiting for the next one.
+  The slope needs its prior: ratings come only while awake and the dose is mostly steady then,
+  so they tell the level and the slope apart slowly. The prior mean, -8 NRS per mA, is about
+  1 NRS of relief from the clinical duty cycle (1.5 mA, 30 s on / 5 min off, 0.14 mA mean);
+  it is also close to the virtual patient's nominal response;
 - e(t): a residual Ornstein-Uhlenbeck process (`pain_tau_s`, `pain_stationary_sd`) that a
   rating pins down and that fades back between ratings.
 
@@ -47,7 +57,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from controller.types import StateEstimate
+from controller.types import StateEstimate, Stimulation
 
 
 @dataclass
@@ -78,6 +88,9 @@ class EstimationSettings:
     scr_spont_rate_min: float = 1.5       # prior rate of spontaneous SCRs (per min)
     pain_transient_rate_h: float = 4.0    # prior rate of brief pain transients (per h)
     pain_transient_nrs: float = 1.5       # their mean size (NRS), exponential
+    dose_tau_s: float = 1200.0            # smoothing of the delivered current (relief's pace)
+    dose_weight_mean: float = -8.0        # prior mean of the dose slope (NRS per mA)
+    dose_weight_sd: float = 4.0           # prior sd of the dose slope (NRS per mA)
 
 
 class RunningStats:
@@ -229,13 +242,14 @@ class SCRLoad:
 
 
 class PainFilter:
-    """Joint Kalman filter over [level, rhythm (2), physiology slopes (4), SCR gain, residual];
-    see the module docstring."""
+    """Joint Kalman filter over [level, rhythm (2), physiology slopes (4), SCR gain, dose slope,
+    residual]; see the module docstring."""
 
     PHYSIO = ("hr", "ln_rmssd", "ln_lf", "eda")
     I_LEVEL, I_RHY, I_PHY = 0, 1, 3
     I_GAIN = 3 + len(PHYSIO)
-    I_RES = I_GAIN + 1
+    I_DOSE = I_GAIN + 1
+    I_RES = I_DOSE + 1
     N = I_RES + 1
 
     def __init__(self, settings: EstimationSettings, t0: float):
@@ -246,6 +260,7 @@ class PainFilter:
         self.x = np.zeros(self.N)
         self.x[self.I_LEVEL] = s.pain_prior_mean
         self.x[self.I_GAIN] = s.scr_gain
+        self.x[self.I_DOSE] = s.dose_weight_mean
         prior = {k: (0.0, s.physio_weight_sd) for k in self.PHYSIO}
         prior["ln_lf"] = (s.lf_weight_mean, s.lf_weight_sd)
         prior["ln_rmssd"] = (s.rmssd_weight_mean, s.rmssd_weight_sd)
@@ -253,7 +268,8 @@ class PainFilter:
             self.x[self.I_PHY + i] = prior[k][0]
         self.P = np.diag([s.pain_prior_sd ** 2, s.rhythm_sd ** 2, s.rhythm_sd ** 2]
                          + [prior[k][1] ** 2 for k in self.PHYSIO]
-                         + [s.scr_gain_sd ** 2, s.pain_stationary_sd ** 2])
+                         + [s.scr_gain_sd ** 2, s.dose_weight_sd ** 2,
+                            s.pain_stationary_sd ** 2])
         # indices that sleep shifts far more than pain does: they count only while awake
         self._sleep_shifted = [self.PHYSIO.index(k) for k in ("hr", "ln_rmssd", "eda")]
         self._i_hr, self._i_rmssd = self.PHYSIO.index("hr"), self.PHYSIO.index("ln_rmssd")
@@ -262,6 +278,8 @@ class PainFilter:
         self.h[self.I_LEVEL] = 1.0
         self.h[self.I_RES] = 1.0
         self.scr = SCRLoad(settings, t0)
+        self.dose_rate = 0.0               # mean delivered current now (mA)
+        self.dose = 0.0                    # ... smoothed over dose_tau_s
         self._phys = [0.0] * len(self.PHYSIO)
         self._phys_seen = False
         self._omega = 2 * math.pi / settings.rhythm_period_s if settings.rhythm_sd > 0 else 0.0
@@ -281,6 +299,7 @@ class PainFilter:
         P[:, r] *= a
         P[r, r] += (1 - a * a) * s.pain_stationary_sd ** 2
         P[0, 0] += s.level_drift_sd ** 2 * dt / 3600.0
+        self.dose += (self.dose_rate - self.dose) * (1.0 - math.exp(-dt / s.dose_tau_s))
         self.scr.decay_to(t)
         self.t = t
 
@@ -312,6 +331,7 @@ class PainFilter:
             for i in self._sleep_shifted:
                 h[3 + i] *= self.awake
         h[self.I_GAIN] = self.scr.value
+        h[self.I_DOSE] = self.dose
         return h
 
     def _out(self) -> None:
@@ -322,6 +342,11 @@ class PainFilter:
     # ---- observations --------------------------------------------------------------------
     def scr_event(self, t_onset: float, amplitude_uS: float) -> None:
         self.scr.add(t_onset, amplitude_uS)
+
+    def stimulation(self, t: float, mean_current_mA: float) -> None:
+        """The delivered current from t on (the dose so far is smoothed up to t first)."""
+        self.predict(t)
+        self.dose_rate = mean_current_mA
 
     def rating(self, t: float, value: float) -> None:
         self.predict(t)
@@ -360,6 +385,12 @@ class StateEstimator:
     def scr(self, t_onset: float, amplitude_uS: float) -> None:
         """A skin-conductance response (onset time, trough-to-peak amplitude in µS)."""
         self.pain.scr_event(t_onset, amplitude_uS)
+
+    def stimulation(self, t: float, stim: Stimulation) -> None:
+        """A command that left the supervisor: the stimulation in force from t on."""
+        on = stim.train_on_s / (stim.train_on_s + stim.train_off_s) \
+            if stim.train_on_s + stim.train_off_s > 0 else 1.0
+        self.pain.stimulation(t, stim.amplitude_mA * on if stim.enabled else 0.0)
 
     def update(self, t: float, hrv: dict, eda_tonic_uS: float, resp_rate_bpm: float,
                quality: float) -> StateEstimate:

@@ -72,6 +72,7 @@ class ControlLoop:
         self.policy = make_policy(config.policy.kind, getattr(config.policy, config.policy.kind))
         self.policy.reset(t0)
         self.estimator = StateEstimator(EstimationSettings(**config.estimation_kwargs()), t0)
+        self._dosed: Stimulation | None = None
         # The spectrum feeds a pain observation made every few minutes; recomputing it every
         # few seconds would dominate the tick.
         self.hrv = StreamingHRV(freq_every_s=30.0)
@@ -277,6 +278,10 @@ class ControlLoop:
         if cmd is not None:
             self.out.send_command(cmd)
             self.n_commands += 1
+            # an unchanged setting is re-sent as the same object: the estimator has it already
+            if cmd.stim is not self._dosed:
+                self._dosed = cmd.stim
+                self.estimator.stimulation(cmd.t, cmd.stim)
         for ev in events:
             self.event(ev)
 

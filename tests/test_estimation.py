@@ -152,7 +152,38 @@ def test_sleep_closes_the_gate_on_the_sleep_shifted_indices():
     assert f.mean == pytest.approx(m0, abs=0.05)
 
 
-@pytest.mark.parametrize("key, value", [("lf_weight_sd", -1.0), ("sleep_gate_z", 0.0), ("pain_transient_rate_h", 0.0),
+def test_the_estimate_follows_relief_as_the_delivered_dose_comes_and_goes():
+    z = {"hr": 0.0, "ln_rmssd": 0.0, "ln_lf": 0.0, "eda": 0.0}
+    s, f = _settled_filter(z)
+    m0 = f.mean
+    mean_mA = 1.5 * 30.0 / 330.0           # 1.5 mA, 30 s on / 5 min off
+    f.stimulation(2000.0, mean_mA)
+    t_off = 2000 + 4 * 3600
+    for t in range(2000, t_off, 10):
+        f.step(float(t), z)
+    # after a few dose time constants, the prior slope's relief, without any rating
+    relief = -s.dose_weight_mean * mean_mA
+    assert m0 - f.mean == pytest.approx(relief, rel=0.05)
+    on_mean = f.mean
+    f.stimulation(float(t_off), 0.0)
+    for t in range(t_off, t_off + int(s.dose_tau_s) + 1, 10):
+        f.step(float(t), z)
+    # off: the relief wears off over dose_tau_s
+    assert f.mean - on_mean == pytest.approx(relief * (1 - math.exp(-1)), rel=0.05)
+
+
+def test_the_dose_is_the_mean_current_of_what_the_supervisor_let_out():
+    from controller.types import Stimulation
+    est = StateEstimator(_settings(), 0.0)
+    est.stimulation(1.0, Stimulation(1.5, 20.0, 250.0, 30.0, 300.0, True))
+    assert est.pain.dose_rate == pytest.approx(1.5 * 30.0 / 330.0)
+    est.stimulation(2.0, Stimulation(1.5, 20.0, 250.0, 30.0, 0.0, True))
+    assert est.pain.dose_rate == pytest.approx(1.5)
+    est.stimulation(3.0, Stimulation(1.5, 20.0, 250.0, 30.0, 300.0, False))
+    assert est.pain.dose_rate == 0.0
+
+
+@pytest.mark.parametrize("key, value", [("dose_tau_s", 1.0), ("dose_weight_sd", -1.0),("lf_weight_sd", -1.0), ("sleep_gate_z", 0.0), ("pain_transient_rate_h", 0.0),
                                         ("scr_spont_rate_min", 100.0),
                                         ("pain_transient_nrs", 50.0)])
 def test_new_estimation_settings_are_range_checked(key, value):
@@ -228,20 +259,20 @@ def _lockstep_quality(profile: str, seed: int) -> dict:
 
 
 # The acceptance asks corr >= 0.8 with 0.8 <= coverage <= 0.95. The estimator does not
-# reach that correlation yet (0.58-0.73 on seeds 0-9, median 0.71, open loop): these
+# reach that correlation yet (0.64-0.78 on seeds 0-9, median 0.73, open loop): these
 # bounds are what it reaches, so that a regression fails, and the xfail below keeps the target
-# in view.
-REACHED_CORR = {0: 0.65, 3: 0.67}
+# in view. On seed 2 the supervisor pauses stimulation in sleep (heart rate), and relief wanes.
+REACHED_CORR = {0: 0.68, 2: 0.62, 3: 0.72}
 
 
-@pytest.mark.parametrize("seed", [0, 3])
+@pytest.mark.parametrize("seed", [0, 2, 3])
 def test_lockstep_24h_fibromyalgia_estimate_follows_the_truth(seed):
     q = _lockstep_quality("fibromyalgia", seed)
     assert q["pain_estimate_corr"] >= REACHED_CORR[seed]
     assert 0.8 <= q["pain_interval_coverage"] <= 0.95
 
 
-@pytest.mark.xfail(reason="acceptance target corr >= 0.8 not reached yet (0.58-0.73)",
+@pytest.mark.xfail(reason="acceptance target corr >= 0.8 not reached yet (0.64-0.78)",
                    strict=False)
 def test_lockstep_24h_fibromyalgia_acceptance_corr():
     q = _lockstep_quality("fibromyalgia", 0)

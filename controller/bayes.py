@@ -9,6 +9,11 @@ A setting is safe when every constraint's lower confidence bound is >= 0; the kn
 is safe until a report says otherwise. Only safe settings are tried, and amplitude may rise by
 at most `max_amp_step_mA` from one epoch to the next.
 
+The course of a patient: stimulation off for a reference, a climb in amplitude at the seed's
+frequency one runtime epoch at a time while the safety GPs allow it, then trials of hours at
+the safe set's amplitude edge, each scored against the reference when the patient reported
+pain during it (the objective GP carries the daily rhythm of pain as a nuisance term).
+
 The GPs are small numpy code: Matern 5/2 on inputs normalised to [0, 1], fixed
 hyperparameters, and a Cholesky factor grown by one row per observation, which also updates the
 posterior over the whole candidate grid in O(n * m). One update with 200 observations on the
@@ -17,16 +22,18 @@ default 1050-point grid takes well under a millisecond.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import solve_triangular
 
 from controller.policies import HRChange, TrainClock
-from controller.types import Stimulation, StateEstimate
+from controller.types import INPUT_ROLES, Stimulation, StateEstimate
 from signals.events import Event
 
 NAN = float("nan")
+RATINGS = INPUT_ROLES.index("ratings")
 ACQUISITIONS = ("safeopt", "ucb", "thompson")
 
 
@@ -48,16 +55,21 @@ class GridGP:
     and z, so an update costs O(n * m) instead of a refit."""
 
     def __init__(self, grid_unit: np.ndarray, lengthscales: np.ndarray, signal_sd: float,
-                 noise_sd: float, prior_mean: float = 0.0, capacity: int = 64,
-                 prior_slope: np.ndarray | None = None):
-        """`prior_mean` + `prior_slope` . x (inputs normalised to [0, 1]) is the prior mean."""
+                 noise_sd: float, prior_mean: float | Callable[[np.ndarray], np.ndarray] = 0.0,
+                 capacity: int = 64, nuisance_sd: np.ndarray | None = None):
+        """`prior_mean`: a constant, or a function of inputs (rows, normalised to [0, 1]).
+
+        `nuisance_sd`: an observation may also carry context features c (time of day, say),
+        y = f(x) + c . w + noise with w ~ N(0, diag(nuisance_sd^2)). The posterior over the grid
+        stays that of f alone, with w marginalised: its part is in the observations' covariance
+        and not in their covariance with the grid."""
         self.lengthscales = np.asarray(lengthscales, float)
-        self.prior_slope = None if prior_slope is None else np.asarray(prior_slope, float)
         self.grid = grid_unit / self.lengthscales
         self.s2 = signal_sd ** 2
         self.signal_sd = signal_sd
         self.noise_sd = noise_sd
-        self.prior_mean = prior_mean
+        self.prior_mean = prior_mean if callable(prior_mean) else \
+            (lambda x, c=float(prior_mean): np.full(len(x), c))
         m, dim = self.grid.shape
         self.n = 0
         self.X = np.empty((capacity, dim))
@@ -65,9 +77,9 @@ class GridGP:
         self.V = np.empty((capacity, m))
         self.z = np.empty(capacity)
         self.noise2 = np.empty(capacity)
-        self.mean = np.full(m, float(prior_mean))
-        if self.prior_slope is not None:
-            self.mean += grid_unit @ self.prior_slope
+        self.nuisance2 = np.zeros(0) if nuisance_sd is None else np.asarray(nuisance_sd, float) ** 2
+        self.C = np.zeros((capacity, len(self.nuisance2)))
+        self.mean = np.asarray(self.prior_mean(grid_unit), float).copy()
         self.var = np.full(m, self.s2)
 
     def _grow(self) -> None:
@@ -79,31 +91,34 @@ class GridGP:
         self.V = np.concatenate([self.V, np.empty_like(self.V)])
         self.z = np.concatenate([self.z, np.empty_like(self.z)])
         self.noise2 = np.concatenate([self.noise2, np.empty_like(self.noise2)])
+        self.C = np.concatenate([self.C, np.zeros_like(self.C)])
 
-    def add(self, x_unit: np.ndarray, y: float, noise_sd: float | None = None) -> None:
-        """Observe y at x (inputs normalised to [0, 1])."""
+    def add(self, x_unit: np.ndarray, y: float, noise_sd: float | None = None,
+            context: np.ndarray | None = None) -> None:
+        """Observe y at x (inputs normalised to [0, 1]) with its nuisance context features."""
         if self.n == self.L.shape[0]:
             self._grow()
         n = self.n
         x = (np.asarray(x_unit, float) / self.lengthscales)[None, :]
         noise2 = (self.noise_sd if noise_sd is None else noise_sd) ** 2
+        c = np.zeros(len(self.nuisance2)) if context is None else np.asarray(context, float)
+        wc = self.nuisance2 * c
         k_grid = self.s2 * matern52(x, self.grid)[0]
         if n:
-            k_obs = self.s2 * matern52(x, self.X[:n])[0]
+            k_obs = self.s2 * matern52(x, self.X[:n])[0] + self.C[:n] @ wc
             row = solve_triangular(self.L[:n, :n], k_obs, lower=True, check_finite=False)
         else:
             row = np.empty(0)
-        diag = math.sqrt(max(self.s2 + noise2 - row @ row, 1e-12))
+        diag = math.sqrt(max(self.s2 + c @ wc + noise2 - row @ row, 1e-12))
         v = (k_grid - row @ self.V[:n]) / diag
-        prior = self.prior_mean
-        if self.prior_slope is not None:
-            prior += float(np.asarray(x_unit, float) @ self.prior_slope)
+        prior = float(self.prior_mean(np.asarray(x_unit, float)[None, :])[0])
         z = (y - prior - row @ self.z[:n]) / diag
         self.L[n, :n] = row
         self.L[n, n] = diag
         self.V[n] = v
         self.z[n] = z
         self.X[n] = x[0]
+        self.C[n] = c
         self.noise2[n] = noise2
         self.n = n + 1
         self.mean += v * z
@@ -152,7 +167,18 @@ class BayesSettings:
     # the highest (relief follows fibre recruitment, which grows with charge), so the search
     # climbs the dose while it is safe instead of mapping sub-therapeutic settings first.
     dose_prior_NRS: float = 1.0
+    # Relief grows with fibre recruitment, which never falls as amplitude rises: at a given
+    # frequency (and pulse width) a lower safe amplitude is dominated by the highest one, so
+    # only the safe set's amplitude edge is tried. Without this, every unexplored low dose
+    # keeps an optimistic upper bound and the search spends hours of therapy on them.
+    amplitude_edge_only: bool = True
     objective_noise_sd: float = 0.4
+    # A trial's relief is its pain against a reference taken once, at another time of day, and
+    # pain has a daily rhythm (worst in the evening, about 1 NRS from trough to peak): a
+    # nuisance term of the objective GP, w1 cos + w2 sin of the scored window's time on a 24 h
+    # cycle, with this prior sd of w1 and w2 (NRS; 0 leaves it out). The phase is learned, so
+    # the clock's origin does not matter.
+    daily_rhythm_sd: float = 0.5
     hr_max_drop_bpm: float = 5.0               # heart rate may drop at most this much in trains
     hr_sd: float = 4.0
     hr_noise_sd: float = 1.0
@@ -168,14 +194,29 @@ class BayesSettings:
     trial_s: float = 7200.0
     washout_s: float = 2700.0
     reference_s: float = 7200.0
+    # Climb: right after the reference, the amplitude rises at the seed's frequency one
+    # runtime epoch (minutes) at a time, to the highest setting the safety GPs call safe, before
+    # the first trial. A side effect shows within a train or two, so safety needs minutes where
+    # relief needs hours: without the climb, the amplitude rose 0.1-0.2 mA per 2-h trial and
+    # the therapeutic range was reached only on the second day.
+    climb: bool = True
+    # A trial is scored only when a report (any marker on the ratings stream) came in its
+    # scored part, when the runtime knows when reports came; otherwise it teaches safety only
+    # and the best setting so far follows. Overnight, without reports, the estimate rests on the physiology of sleep,
+    # which made night trials look 1-2 NRS better than the same settings by day.
+    score_only_reported: bool = True
     # Non-responder: for `non_responder_epochs` scored trials in a row, relief at every
     # setting tried is credibly (mean + non_responder_beta sd) below the threshold ...
-    non_responder_epochs: int = 4
-    non_responder_threshold: float = 0.5       # NRS points below the unstimulated reference
+    non_responder_epochs: int = 8
+    non_responder_threshold: float = 0.3       # NRS points below the unstimulated reference
     non_responder_beta: float = 0.25
     # ... and only once a dose this high (or the highest safe one) has been tried: relief is
     # not expected at sub-therapeutic amplitudes.
     non_responder_min_amp_mA: float = 1.5
+    # ... and only after this long (s) from the first trial at that dose: relief builds over
+    # days (plasticity), and on the first day a weak responder's relief (0.3-0.5 NRS) is no
+    # larger than a non-responder's.
+    non_responder_min_s: float = 3 * 86400.0
     fallback: str = "low"                      # non-responder: "low" (the seed) or "off"
     rng_seed: int = 0
     settle_s: float = 5.0
@@ -254,10 +295,9 @@ class SafeBayesPolicy:
         m = self.grid.shape[0]
         dims = len(self.axes)
         ls, safety_ls = s.lengthscales[:dims], s.safety_lengthscales[:dims]
-        slope = np.zeros(dims)
-        slope[1] = s.dose_prior_NRS
         self.objective = GridGP(self._unit_grid, ls, s.objective_sd, s.objective_noise_sd,
-                                prior_slope=slope)
+                                prior_mean=self._prior_relief,
+                                nuisance_sd=(s.daily_rhythm_sd,) * 2 if s.daily_rhythm_sd > 0 else None)
         self.hr_gp = GridGP(self._unit_grid, safety_ls, s.hr_sd, s.hr_noise_sd)
         self.discomfort_gp = GridGP(self._unit_grid, safety_ls, 1.0, s.discomfort_noise_sd)
         self.rng = np.random.default_rng(s.rng_seed)
@@ -267,6 +307,7 @@ class SafeBayesPolicy:
         self.seed_ok = True
         self.non_responder = False
         self._no_relief_epochs = 0
+        self._dosed_t = NAN
         self.current: dict[str, float] | None = self.params_at(self.seed_index)
         self.last_reason = "seed"
         self.started = False
@@ -295,6 +336,7 @@ class SafeBayesPolicy:
         safe &= ~self.reported_unsafe
         return safe
 
+
     @property
     def best_params(self) -> dict[str, float]:
         """The safe setting with the highest posterior mean relief (the seed before any)."""
@@ -304,20 +346,23 @@ class SafeBayesPolicy:
 
     # ---- the optimiser ---------------------------------------------------------------------
     def tell(self, params: dict[str, float], objective: float, hr_change_bpm: float = NAN,
-             discomfort: bool = False, objective_sd: float | None = None) -> None:
-        """One epoch's outcome at `params`. NaN values are not observed."""
-        self._observe(params, objective, hr_change_bpm, discomfort, objective_sd)
+             discomfort: bool = False, objective_sd: float | None = None,
+             scored_t: float = NAN) -> None:
+        """One epoch's outcome at `params`, its objective scored around time `scored_t` (s;
+        NaN: unknown, no time-of-day term). NaN values are not observed."""
+        self._observe(params, objective, hr_change_bpm, discomfort, objective_sd, scored_t)
         self.history.append((dict(params), float(objective),
                              {"hr_change_bpm": float(hr_change_bpm), "discomfort": bool(discomfort)}))
-        self._update_non_responder()
+        self._update_non_responder(scored_t)
 
     def _observe(self, params: dict[str, float], objective: float, hr_change_bpm: float,
-                 discomfort: bool, objective_sd: float | None = None) -> None:
+                 discomfort: bool, objective_sd: float | None = None,
+                 scored_t: float = NAN) -> None:
         s = self.settings
         x = self._unit(self._vector(params))
         if math.isfinite(objective):
             noise = s.objective_noise_sd if objective_sd is None else max(objective_sd, s.objective_noise_sd)
-            self.objective.add(x, objective, noise)
+            self.objective.add(x, objective, noise, self._nuisance_context(scored_t))
         if math.isfinite(hr_change_bpm):
             self.hr_gp.add(x, hr_change_bpm + s.hr_max_drop_bpm)
         self.discomfort_gp.add(x, -1.0 if discomfort else 1.0)
@@ -327,15 +372,26 @@ class SafeBayesPolicy:
             # recruitment (charge), every higher amplitude at the same frequency and pulse
             # width, whatever the GP (which may have seen it pass many times) says.
             g = self.grid
-            same = np.all(np.delete(g, 1, axis=1) == np.delete(g[index], 1), axis=1)
-            self.reported_unsafe |= same & (g[:, 1] >= g[index, 1] - 1e-9)
+            self.reported_unsafe |= self._column(index) & (g[:, 1] >= g[index, 1] - 1e-9)
             if index == self.seed_index or self.reported_unsafe[self.seed_index]:
                 self.seed_ok = False
         self.tried[index] = True
 
-    def _update_non_responder(self) -> None:
-        """Count scored trials in a row, once a therapeutic dose has been tried, in which relief
-        is credibly below the threshold at every safe setting tried so far."""
+    def _prior_relief(self, x_unit: np.ndarray) -> np.ndarray:
+        """Prior mean of relief at inputs normalised to [0, 1] (see `dose_prior_NRS`)."""
+        return self.settings.dose_prior_NRS * x_unit[:, 1]
+
+    def _nuisance_context(self, t: float) -> np.ndarray | None:
+        """Features of the objective's daily-rhythm term (see `daily_rhythm_sd`)."""
+        if self.settings.daily_rhythm_sd <= 0 or not math.isfinite(t):
+            return None
+        phase = 2.0 * math.pi * t / 86400.0
+        return np.array([math.cos(phase), math.sin(phase)])
+
+    def _update_non_responder(self, t: float = NAN) -> None:
+        """Count scored trials in a row, once a therapeutic dose has been tried (for
+        `non_responder_min_s`, when `t` is known), in which relief is credibly below the
+        threshold at every safe setting tried so far."""
         s = self.settings
         safe = self.safe_mask()
         tried = np.flatnonzero(self.tried & safe)
@@ -343,6 +399,10 @@ class SafeBayesPolicy:
             return
         dose = min(s.non_responder_min_amp_mA, self.grid[safe, 1].max())
         dosed = self.grid[tried, 1].max() >= dose - 1e-9
+        if dosed and math.isfinite(t):
+            if not math.isfinite(self._dosed_t):
+                self._dosed_t = t
+            dosed = t - self._dosed_t >= s.non_responder_min_s
         upper = self.objective.mean[tried] + s.non_responder_beta * self.objective.sd[tried]
         if dosed and upper.max() < s.non_responder_threshold:
             self._no_relief_epochs += 1
@@ -351,8 +411,9 @@ class SafeBayesPolicy:
         if self._no_relief_epochs >= s.non_responder_epochs:
             self.non_responder = True
 
-    def ask(self) -> dict[str, float] | None:
-        """The next setting to try (None: stimulation off), and `last_reason` says why."""
+    def ask(self, exploit: bool = False) -> dict[str, float] | None:
+        """The next setting to try (None: stimulation off), and `last_reason` says why;
+        `exploit`: the best by posterior mean rather than by the acquisition."""
         s = self.settings
         if self.non_responder:
             self.last_reason = "non-responder fallback"
@@ -365,9 +426,13 @@ class SafeBayesPolicy:
             self.last_reason = "no safe setting"
             self.current = None
             return None
+        if s.amplitude_edge_only:
+            reachable = self._amplitude_edge(reachable)
         f = self.objective
         upper = f.mean + s.beta * f.sd
-        if s.acquisition == "ucb":
+        if exploit:
+            index, self.last_reason = self._argmax(f.mean, reachable), "best so far (trial not scored)"
+        elif s.acquisition == "ucb":
             index, self.last_reason = self._argmax(upper, reachable), "ucb"
         elif s.acquisition == "thompson":
             index, self.last_reason = self._thompson(reachable), "thompson"
@@ -375,6 +440,18 @@ class SafeBayesPolicy:
             index, self.last_reason = self._safeopt(safe, reachable, upper)
         self.current = self.params_at(index)
         return self.current
+
+    def _column(self, index: int) -> np.ndarray:
+        """Grid points at the frequency (and pulse width) of `index`, at any amplitude."""
+        g = self.grid
+        return np.all(np.delete(g, 1, axis=1) == np.delete(g[index], 1), axis=1)
+
+    def _amplitude_edge(self, mask: np.ndarray) -> np.ndarray:
+        """The highest-amplitude point of `mask` at each frequency (and pulse width)."""
+        m = mask.reshape(self.shape)
+        amps = np.arange(self.shape[1]).reshape((1, -1) + (1,) * (m.ndim - 2))
+        top = np.where(m, amps, -1).max(axis=1, keepdims=True)
+        return (m & (amps == top)).ravel()
 
     @staticmethod
     def _argmax(values: np.ndarray, mask: np.ndarray) -> int:
@@ -460,7 +537,8 @@ class SafeBayesPolicy:
 
     # ---- the Policy interface --------------------------------------------------------------
     # Phases: "wait" (estimator baseline not ready: off), "reference" (off for reference_s, then
-    # the unstimulated reference is taken), "trial" (holding a setting; scored at its end).
+    # the unstimulated reference is taken), "climb" (amplitude up an epoch at a time while the
+    # safety GPs allow it; not scored), "trial" (holding a setting; scored at its end).
     def decide(self, t: float, state: StateEstimate, current: Stimulation) -> Stimulation:
         phase = self.clock.phase(t, current)
         change = self.hr.update(t, state.hr_bpm, phase, current.train_on_s)
@@ -473,7 +551,7 @@ class SafeBayesPolicy:
             self._begin_epoch(t, state)
             if self.settings.reference_s <= 0:
                 self._take_reference(t, state)
-        if self._phase == "trial" and math.isfinite(change):
+        if self._phase in ("climb", "trial") and math.isfinite(change):
             self._hr_sum += change
             self._hr_n += 1
         # The reference is scored like a trial (the mean estimate after the washout), so that
@@ -491,7 +569,7 @@ class SafeBayesPolicy:
             self.reference = (self._win_sum / self._win_n, self._win_sd_sum / self._win_n)
         else:
             self.reference = (state.pain_mean, state.pain_sd)
-        self._phase = "trial"
+        self._phase = "climb" if self.settings.climb else "trial"
         self._begin_epoch(t, state)
 
     def _begin_epoch(self, t: float, state: StateEstimate) -> None:
@@ -519,25 +597,63 @@ class SafeBayesPolicy:
             if t < self._ref_end - 1e-6 or not math.isfinite(state.pain_mean):
                 return []
             self._take_reference(t, state)
+            if self._phase == "climb":
+                self.last_reason = "climb"
             return [self._decision_event(t, reason_prefix="reference taken; ")]
+        if self._phase == "climb":
+            return [self._climb_step(t, state)]
         if t < self._epoch_t0 + self.settings.trial_s - 1e-6:
             return []                     # the trial goes on
         events: list[Event] = []
         tried = self.current
+        exploit = False
         if tried is not None and not self._aborted and not self.non_responder:
             relief, relief_sd = self.trial_score()
             hr = self._hr_sum / self._hr_n if self._hr_n else NAN
-            self.tell(tried, relief, hr, objective_sd=relief_sd)
+            scored_from = self._epoch_t0 + self.settings.washout_s
+            rated = state.fed_t[RATINGS] if len(state.fed_t) > RATINGS else NAN
+            if self.settings.score_only_reported and rated < scored_from:
+                # no report since the washout (asleep): the estimate alone drifts with the
+                # physiology of sleep, so only safety is learnt, and the best setting so far
+                # is held until the patient reports again
+                self._observe(tried, NAN, hr, discomfort=False)
+                exploit = True
+            else:
+                self.tell(tried, relief, hr, objective_sd=relief_sd,
+                          scored_t=0.5 * (scored_from + t))
             if self.non_responder:
                 events.append(Event(t, "policy.non_responder", self.name,
                                     f"no credible pain relief after {len(self.history)} trials; "
                                     f"falling back to {self.settings.fallback}",
                                     {"epochs": len(self.history), "best_params": self.best_params,
                                      "reference_pain": self.reference[0]}))
-        self.ask()
+        self.ask(exploit)
         self._begin_epoch(t, state)
         events.append(self._decision_event(t))
         return events
+
+    def _climb_step(self, t: float, state: StateEstimate) -> Event:
+        """The epoch's safety outcome goes to the safety GPs (the objective is not told: relief
+        takes hours to show); then the next amplitude up at the same frequency, the highest in
+        reach that they call safe, or the first trial when there is none."""
+        s = self.settings
+        cur = self.current
+        if cur is not None:
+            hr = self._hr_sum / self._hr_n if self._hr_n else NAN
+            self._observe(cur, NAN, hr, discomfort=False)
+            i = self.nearest(cur)
+            g = self.grid
+            up = (self.safe_mask() & self._column(i) & (g[:, 1] > g[i, 1] + 1e-9)
+                  & (g[:, 1] <= g[i, 1] + s.max_amp_step_mA + 1e-9))
+            if up.any():
+                self.current = self.params_at(int(np.flatnonzero(up)[np.argmax(g[up, 1])]))
+                self.last_reason = "climb"
+                self._begin_epoch(t, state)
+                return self._decision_event(t)
+        self._phase = "trial"
+        self.ask()
+        self._begin_epoch(t, state)
+        return self._decision_event(t, reason_prefix="climb done; ")
 
     def _decision_event(self, t: float, reason_prefix: str = "") -> Event:
         nxt = self.current
@@ -558,8 +674,10 @@ class SafeBayesPolicy:
         self._observe(params, NAN, hr, discomfort=not cardiac)
         safe = self.safe_mask()
         lower = safe & (self.grid[:, 1] <= stim.amplitude_mA - s.amp_step + 1e-9)
-        if self._phase == "trial":
-            self._epoch_t0 = t                      # the stepped-down setting: a new trial
+        if self._phase in ("climb", "trial"):
+            # the stepped-down setting starts a new trial (a climb ends at its first side effect)
+            self._phase = "trial"
+            self._epoch_t0 = t
             self._hr_sum, self._hr_n = 0.0, 0
             self._win_sum, self._win_sd_sum, self._win_n = 0.0, 0.0, 0
         if not lower.any():

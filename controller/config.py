@@ -85,13 +85,14 @@ class BayesPolicyConfig:
     seed_amplitude_mA: float = spec(0.5, 0.0, _AMAX, "mA", "known-safe starting point")
     pulse_width_us: float = spec(250.0, ABS_PULSE_WIDTH_MIN_US, ABS_PULSE_WIDTH_MAX_US, "us")
     optimise_pulse_width: bool = False
+    climb: bool = True                      # amplitude up an epoch at a time before the trials
     hr_drop_max_bpm: float = spec(5.0, 0.0, 30.0, "bpm", "safety constraint for the GP")
     trial_s: float = spec(7200.0, 0.0, 7 * 86400.0, "s",
                           "time a setting is held and scored (ends at an epoch boundary)")
     washout_s: float = spec(2700.0, 0.0, 86400.0, "s", "start of a trial not scored (carry-over)")
     reference_s: float = spec(7200.0, 0.0, 86400.0, "s",
                               "stimulation off at the start: the unstimulated pain reference")
-    non_responder_threshold: float = spec(0.5, 0.0, 10.0, "NRS",
+    non_responder_threshold: float = spec(0.3, 0.0, 10.0, "NRS",
                                           "relief below the reference that counts as none")
 
 

@@ -248,6 +248,8 @@ class ControlLoop:
         eda = self._eda.tonic if self._eda is not None else float("nan")
         resp = self._resp.rate_bpm if self._resp is not None else float("nan")
         self.state = self.estimator.update(t, feats, eda, resp, quality)
+        fed = self.fed_t
+        self.state.fed_t = tuple([fed.get(r, math.nan) for r in INPUT_ROLES])
         if t >= self._next_epoch:
             self._next_epoch += self.epoch_s
             for ev in self.policy.on_epoch(t, self.state):
@@ -263,8 +265,6 @@ class ControlLoop:
         if self.gating:
             stim = self._gated(stim, t < self.gate_until and stim.enabled)
         cmd = self._guard_and_send(t, stim)
-        fed = self.fed_t
-        self.state.fed_t = tuple([fed.get(r, math.nan) for r in INPUT_ROLES])
         self.out.send_state(self.state)
         self.tick_compute_ns.append(time.perf_counter_ns() - start)
         return cmd

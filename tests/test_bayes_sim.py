@@ -43,10 +43,12 @@ def test_bayes_sim_fibromyalgia_is_safe_and_complete(fibro):
     assert set(r["best_params"]) == PARAM_KEYS and set(r["oracle_params"]) == PARAM_KEYS
     assert 5.0 <= r["best_params"]["frequency_Hz"] <= 30.0
     assert 0.0 < r["best_params"]["amplitude_mA"] <= 2.5
-    # a day of 15-min runtime epochs: a 2-h unstimulated reference, then 2-h trials (one
-    # decision each, at an epoch boundary), each scored once
-    assert 86400 / 7200 - 2 <= r["epochs"] <= 86400 / 7200
-    assert r["epochs_scored"] <= r["epochs"] - 1
+    # a day of 15-min runtime epochs: a 2-h unstimulated reference, a climb (a decision per
+    # epoch), then 2-h trials (a decision each), scored only when a report came in their scored
+    # part: not overnight (23:00 to 07:00 here), so at most 16 of the 24 h hold scored trials
+    assert r["epochs"] <= 86400 / 900
+    assert 1 <= r["epochs_scored"] <= 16 * 3600 / 7200
+    assert r["epochs_scored"] < r["epochs"] - 1
     assert isinstance(r["non_responder"], bool)
     assert r["oracle_pain_reduction"] > 0.0
     assert math.isclose(r["oracle_fraction"], r["pain_reduction"] / r["oracle_pain_reduction"])
@@ -86,17 +88,14 @@ def test_oracle_is_the_best_safe_fixed_setting():
     assert 5.0 <= p["frequency_Hz"] <= 30.0 and 0.0 < p["amplitude_mA"] <= 2.5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known: relief is now scored against an unstimulated 2-h reference over the later part of "
-    "2-h trials, but within one day the safe set grows too slowly in amplitude (discomfort GP, "
-    "beta_safe = 2: ~0.1-0.2 mA per trial) for the therapeutic dose (1.5 mA) to be tried, and "
-    "the time-of-day rhythm (morning reference, evening trials) biases relief by about -1 NRS, "
-    "so the non_responder profile is not flagged in a day (seed 1: 10 trials, at most 1.0 mA). "
-    "Remove this mark once it is."))
+# Relief builds over days, so no verdict comes before non_responder_min_s (3 days) of
+# therapeutic dose; seed 1 of the non_responder profile is flagged on day 5. (Seed 2 was not
+# flagged within 14 days: its trials' relief estimates stay within noise of the 0.3 NRS
+# threshold; see the note on issue 5.)
 def test_bayes_sim_finds_the_non_responder(tmp_path):
-    r = run_sim_command(_args(tmp_path, "non_responder", 1.0, 1))
+    r = run_sim_command(_args(tmp_path, "non_responder", 5.0, 1))
     assert r["limit_violations"] == 0
     assert r["non_responder"] is True
-    assert r["non_responder_at_s"] is not None and r["non_responder_at_s"] < 86400.0
+    assert 3 * 86400.0 < r["non_responder_at_s"] < 5 * 86400.0
     # the oracle agrees that little is to be had
     assert r["oracle_pain_reduction"] < 0.5

@@ -22,7 +22,6 @@ default 1050-point grid takes well under a millisecond.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,21 +54,21 @@ class GridGP:
     and z, so an update costs O(n * m) instead of a refit."""
 
     def __init__(self, grid_unit: np.ndarray, lengthscales: np.ndarray, signal_sd: float,
-                 noise_sd: float, prior_mean: float | Callable[[np.ndarray], np.ndarray] = 0.0,
-                 capacity: int = 64, nuisance_sd: np.ndarray | None = None):
-        """`prior_mean`: a constant, or a function of inputs (rows, normalised to [0, 1]).
+                 noise_sd: float, prior_mean: float = 0.0, capacity: int = 64,
+                 prior_slope: np.ndarray | None = None, nuisance_sd: np.ndarray | None = None):
+        """`prior_mean` + `prior_slope` . x (inputs normalised to [0, 1]) is the prior mean.
 
         `nuisance_sd`: an observation may also carry context features c (time of day, say),
         y = f(x) + c . w + noise with w ~ N(0, diag(nuisance_sd^2)). The posterior over the grid
         stays that of f alone, with w marginalised: its part is in the observations' covariance
         and not in their covariance with the grid."""
         self.lengthscales = np.asarray(lengthscales, float)
+        self.prior_slope = None if prior_slope is None else np.asarray(prior_slope, float)
         self.grid = grid_unit / self.lengthscales
         self.s2 = signal_sd ** 2
         self.signal_sd = signal_sd
         self.noise_sd = noise_sd
-        self.prior_mean = prior_mean if callable(prior_mean) else \
-            (lambda x, c=float(prior_mean): np.full(len(x), c))
+        self.prior_mean = prior_mean
         m, dim = self.grid.shape
         self.n = 0
         self.X = np.empty((capacity, dim))
@@ -79,7 +78,9 @@ class GridGP:
         self.noise2 = np.empty(capacity)
         self.nuisance2 = np.zeros(0) if nuisance_sd is None else np.asarray(nuisance_sd, float) ** 2
         self.C = np.zeros((capacity, len(self.nuisance2)))
-        self.mean = np.asarray(self.prior_mean(grid_unit), float).copy()
+        self.mean = np.full(m, float(prior_mean))
+        if self.prior_slope is not None:
+            self.mean += grid_unit @ self.prior_slope
         self.var = np.full(m, self.s2)
 
     def _grow(self) -> None:
@@ -111,7 +112,9 @@ class GridGP:
             row = np.empty(0)
         diag = math.sqrt(max(self.s2 + c @ wc + noise2 - row @ row, 1e-12))
         v = (k_grid - row @ self.V[:n]) / diag
-        prior = float(self.prior_mean(np.asarray(x_unit, float)[None, :])[0])
+        prior = self.prior_mean
+        if self.prior_slope is not None:
+            prior += float(np.asarray(x_unit, float) @ self.prior_slope)
         z = (y - prior - row @ self.z[:n]) / diag
         self.L[n, :n] = row
         self.L[n, n] = diag
@@ -202,8 +205,9 @@ class BayesSettings:
     climb: bool = True
     # A trial is scored only when a report (any marker on the ratings stream) came in its
     # scored part, when the runtime knows when reports came; otherwise it teaches safety only
-    # and the best setting so far follows. Overnight, without reports, the estimate rests on the physiology of sleep,
-    # which made night trials look 1-2 NRS better than the same settings by day.
+    # and the best setting so far follows. Overnight, without reports, the estimate rests on
+    # the physiology of sleep, which made night trials look 1-2 NRS better than the same
+    # settings by day.
     score_only_reported: bool = True
     # Non-responder: for `non_responder_epochs` scored trials in a row, relief at every
     # setting tried is credibly (mean + non_responder_beta sd) below the threshold ...
@@ -295,9 +299,11 @@ class SafeBayesPolicy:
         m = self.grid.shape[0]
         dims = len(self.axes)
         ls, safety_ls = s.lengthscales[:dims], s.safety_lengthscales[:dims]
+        slope = np.zeros(dims)
+        slope[1] = s.dose_prior_NRS
+        rhythm = (s.daily_rhythm_sd,) * 2 if s.daily_rhythm_sd > 0 else None
         self.objective = GridGP(self._unit_grid, ls, s.objective_sd, s.objective_noise_sd,
-                                prior_mean=self._prior_relief,
-                                nuisance_sd=(s.daily_rhythm_sd,) * 2 if s.daily_rhythm_sd > 0 else None)
+                                prior_slope=slope, nuisance_sd=rhythm)
         self.hr_gp = GridGP(self._unit_grid, safety_ls, s.hr_sd, s.hr_noise_sd)
         self.discomfort_gp = GridGP(self._unit_grid, safety_ls, 1.0, s.discomfort_noise_sd)
         self.rng = np.random.default_rng(s.rng_seed)
@@ -335,7 +341,6 @@ class SafeBayesPolicy:
         safe[self.seed_index] |= self.seed_ok
         safe &= ~self.reported_unsafe
         return safe
-
 
     @property
     def best_params(self) -> dict[str, float]:
@@ -376,10 +381,6 @@ class SafeBayesPolicy:
             if index == self.seed_index or self.reported_unsafe[self.seed_index]:
                 self.seed_ok = False
         self.tried[index] = True
-
-    def _prior_relief(self, x_unit: np.ndarray) -> np.ndarray:
-        """Prior mean of relief at inputs normalised to [0, 1] (see `dose_prior_NRS`)."""
-        return self.settings.dose_prior_NRS * x_unit[:, 1]
 
     def _nuisance_context(self, t: float) -> np.ndarray | None:
         """Features of the objective's daily-rhythm term (see `daily_rhythm_sd`)."""
@@ -431,7 +432,8 @@ class SafeBayesPolicy:
         f = self.objective
         upper = f.mean + s.beta * f.sd
         if exploit:
-            index, self.last_reason = self._argmax(f.mean, reachable), "best so far (trial not scored)"
+            index = self._argmax(f.mean, reachable)
+            self.last_reason = "best so far (trial not scored)"
         elif s.acquisition == "ucb":
             index, self.last_reason = self._argmax(upper, reachable), "ucb"
         elif s.acquisition == "thompson":
@@ -579,6 +581,10 @@ class SafeBayesPolicy:
         self._hr_sum, self._hr_n = 0.0, 0
         self._win_sum, self._win_sd_sum, self._win_n = 0.0, 0.0, 0
 
+    def _epoch_hr_change(self) -> float:
+        """Mean heart-rate change in trains since the epoch began (NaN: none measured)."""
+        return self._hr_sum / self._hr_n if self._hr_n else NAN
+
     def trial_score(self) -> tuple[float, float | None]:
         """Relief over the scored part of the current trial (reference minus the mean pain
         estimate after the washout) and its sd; NaN when nothing was scored."""
@@ -609,7 +615,7 @@ class SafeBayesPolicy:
         exploit = False
         if tried is not None and not self._aborted and not self.non_responder:
             relief, relief_sd = self.trial_score()
-            hr = self._hr_sum / self._hr_n if self._hr_n else NAN
+            hr = self._epoch_hr_change()
             scored_from = self._epoch_t0 + self.settings.washout_s
             rated = state.fed_t[RATINGS] if len(state.fed_t) > RATINGS else NAN
             if self.settings.score_only_reported and rated < scored_from:
@@ -639,8 +645,7 @@ class SafeBayesPolicy:
         s = self.settings
         cur = self.current
         if cur is not None:
-            hr = self._hr_sum / self._hr_n if self._hr_n else NAN
-            self._observe(cur, NAN, hr, discomfort=False)
+            self._observe(cur, NAN, self._epoch_hr_change(), discomfort=False)
             i = self.nearest(cur)
             g = self.grid
             up = (self.safe_mask() & self._column(i) & (g[:, 1] > g[i, 1] + 1e-9)

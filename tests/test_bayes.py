@@ -222,17 +222,16 @@ def test_a_trial_without_a_report_is_not_scored_and_the_best_setting_follows():
     pol = SafeBayesPolicy(BayesSettings(reference_s=0.0, trial_s=600.0, washout_s=300.0,
                                         climb=False))
     pol.reset(0.0)
-    current, rated, reasons = Stimulation(), float("nan"), []
-    no_report = ("nan",) * 4
+    nan = float("nan")
+    current, rated, reasons = Stimulation(), nan, []
     for k in range(600 * 9 + 1):
         t = float(k)
         trial = k // 600
         if trial % 2 == 0 and k % 600 == 450:
             rated = t                    # a report in the scored part of even trials
-        fed = no_report + (rated, float("nan"))
         state = StateEstimate(t=t, hr_bpm=70.0, pain_sd=0.3, baseline_ready=True,
                               pain_mean=6.0 - (1.0 if current.enabled else 0.0),
-                              fed_t=tuple(float(v) for v in fed))
+                              fed_t=(nan,) * 4 + (rated, nan))   # INPUT_ROLES: ratings 5th
         if k > 0 and k % 600 == 0:
             n = pol.hr_gp.n
             before = pol.objective.mean.copy()

@@ -183,7 +183,9 @@ def test_the_dose_is_the_mean_current_of_what_the_supervisor_let_out():
     assert est.pain.dose_rate == 0.0
 
 
-@pytest.mark.parametrize("key, value", [("dose_tau_s", 1.0), ("dose_weight_sd", -1.0),("lf_weight_sd", -1.0), ("sleep_gate_z", 0.0), ("pain_transient_rate_h", 0.0),
+@pytest.mark.parametrize("key, value", [("dose_tau_s", 1.0), ("dose_weight_sd", -1.0),
+                                        ("lf_weight_sd", -1.0), ("sleep_gate_z", 0.0),
+                                        ("pain_transient_rate_h", 0.0),
                                         ("scr_spont_rate_min", 100.0),
                                         ("pain_transient_nrs", 50.0)])
 def test_new_estimation_settings_are_range_checked(key, value):

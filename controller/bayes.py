@@ -310,6 +310,7 @@ class SafeBayesPolicy:
         self.history: list[tuple[dict[str, float], float, dict[str, float]]] = []
         self.tried = np.zeros(m, bool)
         self.reported_unsafe = np.zeros(m, bool)
+        self.capped = np.zeros(m, bool)
         self.seed_ok = True
         self.non_responder = False
         self._no_relief_epochs = 0
@@ -325,6 +326,7 @@ class SafeBayesPolicy:
         self._aborted = False
         self._hr_sum = 0.0
         self._hr_n = 0
+        self._delivered_mA = 0.0
         self._win_sum, self._win_sd_sum, self._win_n = 0.0, 0.0, 0
         self.clock.reset()
         self.hr.reset()
@@ -339,7 +341,7 @@ class SafeBayesPolicy:
         for gp in self.constraints:
             safe &= gp.mean - beta * gp.sd >= 0.0
         safe[self.seed_index] |= self.seed_ok
-        safe &= ~self.reported_unsafe
+        safe &= ~(self.reported_unsafe | self.capped)
         return safe
 
     @property
@@ -556,6 +558,9 @@ class SafeBayesPolicy:
         if self._phase in ("climb", "trial") and math.isfinite(change):
             self._hr_sum += change
             self._hr_n += 1
+        if (self._phase in ("climb", "trial") and self.current is not None and current.enabled
+                and current.frequency_Hz == self.current["frequency_Hz"]):
+            self._delivered_mA = max(self._delivered_mA, current.amplitude_mA)
         # The reference is scored like a trial (the mean estimate after the washout), so that
         # both sides of a relief score average over the same span of ratings.
         if (t >= self._epoch_t0 + self.settings.washout_s and math.isfinite(state.pain_mean)):
@@ -580,6 +585,29 @@ class SafeBayesPolicy:
         self._aborted = False
         self._hr_sum, self._hr_n = 0.0, 0
         self._win_sum, self._win_sd_sum, self._win_n = 0.0, 0.0, 0
+        self._delivered_mA = 0.0
+
+    def _as_delivered(self, params: dict[str, float] | None) -> dict[str, float] | None:
+        """The setting the epoch really ran at. The supervisor may hold the amplitude below
+        the request (after a side effect it caps a band of frequencies well below the policy's
+        own step down, or a charge-density limit): the epoch is then the highest grid setting
+        at or under what was delivered, and the amplitudes above it at that frequency are
+        out of reach from now on. Told the request instead, the objective GP credits a dose
+        that never reached the nerve, and the search keeps asking for it."""
+        s = self.settings
+        if params is None or self._delivered_mA <= 0.0:
+            return params
+        if self._delivered_mA >= params["amplitude_mA"] - 0.5 * s.amp_step:
+            return params
+        g = self.grid
+        column = self._column(self.nearest(params))
+        below = column & (g[:, 1] <= self._delivered_mA + 1e-9)
+        if not below.any():
+            self.capped |= column
+            return params
+        index = int(np.flatnonzero(below)[np.argmax(g[below, 1])])
+        self.capped |= column & (g[:, 1] > g[index, 1] + 1e-9)
+        return self.params_at(index)
 
     def _epoch_hr_change(self) -> float:
         """Mean heart-rate change in trains since the epoch began (NaN: none measured)."""
@@ -611,7 +639,7 @@ class SafeBayesPolicy:
         if t < self._epoch_t0 + self.settings.trial_s - 1e-6:
             return []                     # the trial goes on
         events: list[Event] = []
-        tried = self.current
+        tried = self.current = self._as_delivered(self.current)
         exploit = False
         if tried is not None and not self._aborted and not self.non_responder:
             relief, relief_sd = self.trial_score()
@@ -643,7 +671,7 @@ class SafeBayesPolicy:
         takes hours to show); then the next amplitude up at the same frequency, the highest in
         reach that they call safe, or the first trial when there is none."""
         s = self.settings
-        cur = self.current
+        cur = self.current = self._as_delivered(self.current)
         if cur is not None:
             self._observe(cur, NAN, self._epoch_hr_change(), discomfort=False)
             i = self.nearest(cur)
@@ -685,6 +713,7 @@ class SafeBayesPolicy:
             self._epoch_t0 = t
             self._hr_sum, self._hr_n = 0.0, 0
             self._win_sum, self._win_sd_sum, self._win_n = 0.0, 0.0, 0
+            self._delivered_mA = 0.0
         if not lower.any():
             self.current = None
             self.last_reason = f"unsafe ({reason}): off"

@@ -1,5 +1,7 @@
 """Safe Bayesian optimisation on synthetic patients with a known optimum and unsafe region."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -196,6 +198,43 @@ def test_climb_raises_amplitude_an_epoch_at_a_time_until_the_first_side_effect()
     assert not pol.safe_mask()[pol.nearest({"frequency_Hz": 20.0, "amplitude_mA": reported,
                                            "pulse_width_us": s.pulse_width_us})]
 
+
+
+def test_a_setting_held_lower_by_the_supervisor_is_learnt_as_delivered():
+    """The supervisor caps 15-25 Hz at 1.2 mA (as it does after a side effect): the climb
+    stops at the cap, every epoch is told at the amplitude that reached the nerve, and the
+    amplitudes above a cap once met are out of the search."""
+    ceiling, band = 1.2, (15.0, 25.0)
+
+    def supervised(stim):
+        if stim.enabled and band[0] <= stim.frequency_Hz <= band[1]:
+            return replace(stim, amplitude_mA=min(stim.amplitude_mA, ceiling))
+        return stim
+
+    pol = SafeBayesPolicy(BayesSettings(reference_s=0.0, trial_s=600.0, washout_s=300.0,
+                                        seed_amplitude_mA=0.7))
+    pol.reset(0.0)
+    current, requests = Stimulation(), []
+    for k in range(1, 600 * 40):
+        t = float(k)
+        pain = 6.0 - (relief(current.frequency_Hz, current.amplitude_mA) if current.enabled else 0)
+        state = StateEstimate(t=t, hr_bpm=70.0, pain_mean=pain, pain_sd=0.3, baseline_ready=True)
+        if k % 600 == 0:
+            pol.on_epoch(t, state)
+        proposal = pol.decide(t, state, current)
+        if proposal.enabled and (not requests or requests[-1] != proposal):
+            requests.append(proposal)
+        current = supervised(proposal)
+    in_band = [p for p, _, _ in pol.history if band[0] <= p["frequency_Hz"] <= band[1]]
+    assert in_band and all(p["amplitude_mA"] <= ceiling + 1e-9 for p, _, _ in pol.history
+                           if band[0] <= p["frequency_Hz"] <= band[1])
+    # the climb at 20 Hz asked once past the cap, then learnt it: nothing above it again
+    over = [r for r in requests if r.frequency_Hz == 20.0 and r.amplitude_mA > ceiling + 1e-9]
+    assert len(over) == 1
+    g = pol.grid
+    assert not pol.safe_mask()[(g[:, 0] == 20.0) & (g[:, 1] > ceiling + 1e-9)].any()
+    # outside the band the amplitude climbs past the cap
+    assert max(p["amplitude_mA"] for p, _, _ in pol.history) > ceiling
 
 def _constant_relief_run(relief_nrs, trials=8, min_s=0.0):
     """The runtime loop on a patient whose estimated pain sits `relief_nrs` below the

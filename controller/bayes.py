@@ -321,13 +321,8 @@ class SafeBayesPolicy:
         self._phase = "wait"
         self._ref_end = t
         self.reference = (NAN, NAN)
-        self._epoch_t0 = t
         self._pain0 = (NAN, NAN)
-        self._aborted = False
-        self._hr_sum = 0.0
-        self._hr_n = 0
-        self._delivered_mA = 0.0
-        self._win_sum, self._win_sd_sum, self._win_n = 0.0, 0.0, 0
+        self._restart_epoch(t)
         self.clock.reset()
         self.hr.reset()
 
@@ -580,9 +575,12 @@ class SafeBayesPolicy:
         self._begin_epoch(t, state)
 
     def _begin_epoch(self, t: float, state: StateEstimate) -> None:
-        self._epoch_t0 = t
         self._pain0 = (state.pain_mean, state.pain_sd)
-        self._aborted = False
+        self._restart_epoch(t)
+
+    def _restart_epoch(self, t: float) -> None:
+        """Clear what an epoch measures (heart-rate change, scored pain, delivered amplitude)."""
+        self._epoch_t0 = t
         self._hr_sum, self._hr_n = 0.0, 0
         self._win_sum, self._win_sd_sum, self._win_n = 0.0, 0.0, 0
         self._delivered_mA = 0.0
@@ -641,7 +639,7 @@ class SafeBayesPolicy:
         events: list[Event] = []
         tried = self.current = self._as_delivered(self.current)
         exploit = False
-        if tried is not None and not self._aborted and not self.non_responder:
+        if tried is not None and not self.non_responder:
             relief, relief_sd = self.trial_score()
             hr = self._epoch_hr_change()
             scored_from = self._epoch_t0 + self.settings.washout_s
@@ -710,10 +708,7 @@ class SafeBayesPolicy:
         if self._phase in ("climb", "trial"):
             # the stepped-down setting starts a new trial (a climb ends at its first side effect)
             self._phase = "trial"
-            self._epoch_t0 = t
-            self._hr_sum, self._hr_n = 0.0, 0
-            self._win_sum, self._win_sd_sum, self._win_n = 0.0, 0.0, 0
-            self._delivered_mA = 0.0
+            self._restart_epoch(t)
         if not lower.any():
             self.current = None
             self.last_reason = f"unsafe ({reason}): off"

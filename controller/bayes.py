@@ -22,6 +22,7 @@ default 1050-point grid takes well under a millisecond.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,15 +56,16 @@ class GridGP:
 
     def __init__(self, grid_unit: np.ndarray, lengthscales: np.ndarray, signal_sd: float,
                  noise_sd: float, prior_mean: float = 0.0, capacity: int = 64,
-                 prior_slope: np.ndarray | None = None, nuisance_sd: np.ndarray | None = None):
-        """`prior_mean` + `prior_slope` . x (inputs normalised to [0, 1]) is the prior mean.
+                 prior: Callable[[np.ndarray], np.ndarray] | None = None,
+                 nuisance_sd: np.ndarray | None = None):
+        """`prior_mean` + `prior(x)` (rows of inputs normalised to [0, 1]) is the prior mean.
 
         `nuisance_sd`: an observation may also carry context features c (time of day, say),
         y = f(x) + c . w + noise with w ~ N(0, diag(nuisance_sd^2)). The posterior over the grid
         stays that of f alone, with w marginalised: its part is in the observations' covariance
         and not in their covariance with the grid."""
         self.lengthscales = np.asarray(lengthscales, float)
-        self.prior_slope = None if prior_slope is None else np.asarray(prior_slope, float)
+        self.prior = prior
         self.grid = grid_unit / self.lengthscales
         self.s2 = signal_sd ** 2
         self.signal_sd = signal_sd
@@ -79,8 +81,8 @@ class GridGP:
         self.nuisance2 = np.zeros(0) if nuisance_sd is None else np.asarray(nuisance_sd, float) ** 2
         self.C = np.zeros((capacity, len(self.nuisance2)))
         self.mean = np.full(m, float(prior_mean))
-        if self.prior_slope is not None:
-            self.mean += grid_unit @ self.prior_slope
+        if prior is not None:
+            self.mean += prior(grid_unit)
         self.var = np.full(m, self.s2)
 
     def _grow(self) -> None:
@@ -113,8 +115,8 @@ class GridGP:
         diag = math.sqrt(max(self.s2 + c @ wc + noise2 - row @ row, 1e-12))
         v = (k_grid - row @ self.V[:n]) / diag
         prior = self.prior_mean
-        if self.prior_slope is not None:
-            prior += float(np.asarray(x_unit, float) @ self.prior_slope)
+        if self.prior is not None:
+            prior += float(self.prior(np.asarray(x_unit, float)[None, :])[0])
         z = (y - prior - row @ self.z[:n]) / diag
         self.L[n, :n] = row
         self.L[n, n] = diag
@@ -170,6 +172,12 @@ class BayesSettings:
     # the highest (relief follows fibre recruitment, which grows with charge), so the search
     # climbs the dose while it is safe instead of mapping sub-therapeutic settings first.
     dose_prior_NRS: float = 1.0
+    # ... and falling away from the usual therapeutic frequency, by this much (NRS) times the
+    # square of the log ratio to it: afferent (anti-nociceptive) drive is tuned to a band of
+    # frequency, log-normal in shape, and 20-30 Hz is where clinical VNS for pain sits; 5 Hz
+    # starts 1 NRS below 20 Hz, 10 Hz 0.25 below. A prior mean only: trials move it.
+    frequency_prior_NRS: float = 0.5
+    frequency_prior_center_Hz: float = 20.0
     # Relief grows with fibre recruitment, which never falls as amplitude rises: at a given
     # frequency (and pulse width) a lower safe amplitude is dominated by the highest one, so
     # only the safe set's amplitude edge is tried. Without this, every unexplored low dose
@@ -212,7 +220,10 @@ class BayesSettings:
     # Non-responder: for `non_responder_epochs` scored trials in a row, relief at every
     # setting tried is credibly (mean + non_responder_beta sd) below the threshold ...
     non_responder_epochs: int = 8
-    non_responder_threshold: float = 0.3       # NRS points below the unstimulated reference
+    # NRS points below the unstimulated reference. A weak responder held low by side effects
+    # (fibromyalgia seed 3: 0.3-0.5 NRS over its first days, 0.9 over 14) was called a
+    # non-responder at 0.3; the non_responder profile gets under 0.2 at its best setting.
+    non_responder_threshold: float = 0.2
     non_responder_beta: float = 0.25
     # ... and only once a dose this high (or the highest safe one) has been tried: relief is
     # not expected at sub-therapeutic amplitudes.
@@ -262,6 +273,7 @@ class SafeBayesPolicy:
         self.seed_index = self.nearest(self._seed_params())
         self.clock = TrainClock()
         self.hr = HRChange(s.settle_s, s.ref_tau_s)
+        self._ceiling: Callable[[float, float], float] | None = None
         self.reset(0.0)
 
     # ---- parameters and grid ---------------------------------------------------------------
@@ -275,6 +287,16 @@ class SafeBayesPolicy:
 
     def _unit(self, x: np.ndarray) -> np.ndarray:
         return (x - self._lo) / self._span
+
+    def _prior_relief(self, x_unit: np.ndarray) -> np.ndarray:
+        """Prior mean of relief at rows of normalised inputs (see `dose_prior_NRS` and
+        `frequency_prior_NRS`)."""
+        s = self.settings
+        relief = s.dose_prior_NRS * x_unit[:, 1]
+        if s.frequency_prior_NRS > 0:
+            f = self._lo[0] + x_unit[:, 0] * self._span[0]
+            relief = relief - s.frequency_prior_NRS * np.log(f / s.frequency_prior_center_Hz) ** 2
+        return relief
 
     def params_at(self, index: int) -> dict[str, float]:
         g = self.grid[index]
@@ -299,11 +321,9 @@ class SafeBayesPolicy:
         m = self.grid.shape[0]
         dims = len(self.axes)
         ls, safety_ls = s.lengthscales[:dims], s.safety_lengthscales[:dims]
-        slope = np.zeros(dims)
-        slope[1] = s.dose_prior_NRS
         rhythm = (s.daily_rhythm_sd,) * 2 if s.daily_rhythm_sd > 0 else None
         self.objective = GridGP(self._unit_grid, ls, s.objective_sd, s.objective_noise_sd,
-                                prior_slope=slope, nuisance_sd=rhythm)
+                                prior=self._prior_relief, nuisance_sd=rhythm)
         self.hr_gp = GridGP(self._unit_grid, safety_ls, s.hr_sd, s.hr_noise_sd)
         self.discomfort_gp = GridGP(self._unit_grid, safety_ls, 1.0, s.discomfort_noise_sd)
         self.rng = np.random.default_rng(s.rng_seed)
@@ -337,7 +357,21 @@ class SafeBayesPolicy:
             safe &= gp.mean - beta * gp.sd >= 0.0
         safe[self.seed_index] |= self.seed_ok
         safe &= ~(self.reported_unsafe | self.capped)
+        if self._ceiling is not None:
+            safe &= self._under_ceiling()
         return safe
+
+    def bind_amplitude_ceiling(self, ceiling: Callable[[float, float], float]) -> None:
+        """The supervisor's amplitude cap at (frequency, pulse width): settings above it leave
+        the safe set. A trial above it would be delivered lower and scored as the lower one."""
+        self._ceiling = ceiling
+
+    def _under_ceiling(self) -> np.ndarray:
+        g = self.grid
+        pw = g[:, 2] if g.shape[1] == 3 else np.full(len(g), self.settings.pulse_width_us)
+        columns, inverse = np.unique(np.stack([g[:, 0], pw], axis=1), axis=0, return_inverse=True)
+        caps = np.array([self._ceiling(f, w) for f, w in columns])
+        return g[:, 1] <= caps[inverse.ravel()] + 1e-9
 
     @property
     def best_params(self) -> dict[str, float]:

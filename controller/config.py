@@ -92,7 +92,7 @@ class BayesPolicyConfig:
     washout_s: float = spec(2700.0, 0.0, 86400.0, "s", "start of a trial not scored (carry-over)")
     reference_s: float = spec(7200.0, 0.0, 86400.0, "s",
                               "stimulation off at the start: the unstimulated pain reference")
-    non_responder_threshold: float = spec(0.3, 0.0, 10.0, "NRS",
+    non_responder_threshold: float = spec(0.2, 0.0, 10.0, "NRS",
                                           "relief below the reference that counts as none")
 
 

@@ -70,6 +70,11 @@ class ControlLoop:
         self.t0 = t0
         self.supervisor = SafetySupervisor(SafetyLimits.from_config(config), t0)
         self.policy = make_policy(config.policy.kind, getattr(config.policy, config.policy.kind))
+        # A policy that searches settings keeps its trials under the envelope's caps (charge
+        # limit, regions marked unsafe by side effects) at every setting, not only the current.
+        bind = getattr(self.policy, "bind_amplitude_ceiling", None)
+        if bind is not None:
+            bind(self.supervisor.amplitude_ceiling)
         self.policy.reset(t0)
         self.estimator = StateEstimator(EstimationSettings(**config.estimation_kwargs()), t0)
         self._dosed: Stimulation | None = None

@@ -43,6 +43,7 @@ ABS_DUTY_MAX = 0.5               # also gives OFF >= ON
 # Ectopic beats: a beat this early against recent normal beats is premature, and the long
 # interval after it is compensatory when the pair spans at most this many normal intervals.
 PREMATURE_RATIO = 0.8
+RECENT_BEATS = 8                # normal intervals kept to judge a compensatory pause
 COMPENSATORY_PAIR_MAX = 2.2
 ABS_BRADY_HR_MIN_BPM = 50.0      # a config may only raise it
 ABS_RR_PAUSE_MAX_S = 2.5         # a config may only shorten it
@@ -582,7 +583,7 @@ class SafetySupervisor:
         S[S_ACC_T], S[S_BSEC], S[S_NREG] = t0, math.floor(t0), 0.0
         self._seq = 0
         self._prev_rr = float("nan")
-        self._recent_rr: deque[float] = deque(maxlen=8)   # recent normal intervals, ms
+        self._recent_rr: deque[float] = deque(maxlen=RECENT_BEATS)   # recent normal intervals, ms
         self.last = Command(0, t0, Stimulation.from_array(S[S_A:S_EN + 1]))
         self._last_out = S[S_A:S_EN + 1].tolist()
         self.unsafe_regions: list[UnsafeRegion] = []

@@ -270,10 +270,12 @@ def bayes_summary(args, config: Config, controller: LockstepController, tracker:
     }
     if oracle:
         from controller.oracle import oracle_search
+        from controller.safety import SafetyLimits
         b = config.policy.bayes
         found = oracle_search(args.profile, args.seed, duration,
                               freq_range=(b.frequency_min_Hz, b.frequency_max_Hz),
-                              amp_max_mA=b.amplitude_max_mA, pulse_width_us=b.pulse_width_us)
+                              amp_max_mA=b.amplitude_max_mA, pulse_width_us=b.pulse_width_us,
+                              limits=SafetyLimits.from_config(config))
         best = found["pain_reduction"]
         res.update({
             "oracle_params": found["params"],
@@ -282,4 +284,9 @@ def bayes_summary(args, config: Config, controller: LockstepController, tracker:
             "oracle_safe_candidates": found["safe_candidates"],
             "oracle_fraction": pain_reduction / best if best > 0 else float("nan"),
         })
+        free = found["unsupervised"]
+        if free is not None:
+            # the same search with the patient alone, no supervisor: an upper bound
+            res["oracle_unsupervised"] = dict(free, fraction=pain_reduction / free["pain_reduction"]
+                                              if free["pain_reduction"] > 0 else float("nan"))
     return res

@@ -102,6 +102,20 @@ class VirtualPatient:
         self._stim = stim
         self._stim_arr = stim.as_array()
 
+    def checkpoint(self) -> tuple:
+        """The state, for `restore`: the model is deterministic given it (random streams
+        included), so a stretch can be re-run, e.g. to stop at a beat seen in a look-ahead."""
+        if self._ecg is not None:
+            raise ValueError("checkpoint: the ECG synthesiser's state is not kept; use ecg_fs=None")
+        return (self._st.copy(), self._rng.copy(), self._stim, self.limit_violations)
+
+    def restore(self, checkpoint: tuple) -> None:
+        st, rng, stim, violations = checkpoint
+        self._st[:] = st
+        self._rng[:] = rng
+        self._stim, self._stim_arr = stim, stim.as_array()
+        self.limit_violations = violations
+
     def advance(self, t_end: float, stim: Stimulation = OFF) -> PatientOutput:
         if stim is not self._stim:
             self._set_stim(stim)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from controller.bayes import BayesSettings, GridGP, SafeBayesPolicy, matern52
+from controller.safety import SafetyLimits, SafetySupervisor
 from controller.types import Stimulation, StateEstimate
 
 HR_LIMIT = 5.0    # BayesSettings.hr_max_drop_bpm
@@ -39,15 +40,22 @@ def optimise(seed, epochs=30, acquisition="safeopt", objective=relief, **kw):
     return pol, tried
 
 
-@pytest.mark.parametrize("nuisance", [False, True])
-def test_incremental_gp_matches_batch_posterior(nuisance):
+def _bowl(x):
+    """A non-linear prior mean over normalised inputs."""
+    return 0.5 * x[:, 1] - 0.8 * (x[:, 0] - 0.4) ** 2
+
+
+@pytest.mark.parametrize("nuisance,prior", [(False, None), (True, None), (True, _bowl)])
+def test_incremental_gp_matches_batch_posterior(nuisance, prior):
     """The posterior over the grid, grown one observation at a time, equals the batch one; with
-    nuisance features, that of f with the nuisance weights marginalised."""
+    nuisance features, that of f with the nuisance weights marginalised; with a prior mean
+    function, about it."""
     rng = np.random.default_rng(0)
     grid = rng.random((50, 2))
     ls = np.array([0.3, 0.2])
     w = np.array([0.7, 0.4]) if nuisance else None
-    gp = GridGP(grid, ls, signal_sd=2.0, noise_sd=0.5, prior_mean=1.0, capacity=2, nuisance_sd=w)
+    gp = GridGP(grid, ls, signal_sd=2.0, noise_sd=0.5, prior_mean=1.0, capacity=2, nuisance_sd=w,
+                prior=prior)
     X, y = rng.random((12, 2)), rng.standard_normal(12)
     C = rng.standard_normal((12, 2))
     for x, v, c in zip(X, y, C):
@@ -56,7 +64,8 @@ def test_incremental_gp_matches_batch_posterior(nuisance):
     if nuisance:
         K += (C * w ** 2) @ C.T
     Ks = 4.0 * matern52(grid / ls, X / ls)
-    mean = 1.0 + Ks @ np.linalg.solve(K, y - 1.0)
+    m_grid, m_obs = (1.0 + prior(grid), 1.0 + prior(X)) if prior else (1.0, 1.0)
+    mean = m_grid + Ks @ np.linalg.solve(K, y - m_obs)
     var = 4.0 - np.einsum("ij,ji->i", Ks, np.linalg.solve(K, Ks.T))
     assert np.allclose(gp.mean, mean, atol=1e-9)
     assert np.allclose(gp.var, var, atol=1e-9)
@@ -236,12 +245,44 @@ def test_a_setting_held_lower_by_the_supervisor_is_learnt_as_delivered():
     # outside the band the amplitude climbs past the cap
     assert max(p["amplitude_mA"] for p, _, _ in pol.history) > ceiling
 
+def test_trials_stay_under_the_supervisors_caps_once_bound_to_them():
+    """After a side effect at 20 Hz, 2.0 mA the supervisor caps a band around 20 Hz; a policy
+    bound to its ceiling never asks for more there (one left unbound does: the relief peaks
+    at 20 Hz, 2.0 mA)."""
+    sup = SafetySupervisor(SafetyLimits(), 0.0)
+    for t in np.arange(0.5, 80.0, 0.5):       # a beat every 0.8 s, a tick every 0.5 s
+        sup.on_beat(t, 800.0)
+        sup.on_signal(t, t, 1.0)
+        sup.guard(t, Stimulation(2.0, 20.0, 250.0, 30.0, 300.0, True))
+    assert sup.last.stim.amplitude_mA == 2.0
+    sup.on_side_effect(80.0, "hoarseness")
+    assert sup.amplitude_ceiling(20.0, 250.0) < 2.0 <= sup.amplitude_ceiling(5.0, 250.0)
+
+    def asked(bound):
+        rng = np.random.default_rng(7)
+        pol = SafeBayesPolicy(BayesSettings(rng_seed=0))
+        if bound:
+            pol.bind_amplitude_ceiling(sup.amplitude_ceiling)
+        params, out = pol.current, []
+        for _ in range(25):
+            f, a = params["frequency_Hz"], params["amplitude_mA"]
+            out.append((f, a))
+            pol.tell(params, relief(f, a) + 0.3 * rng.standard_normal(), hr_drop(f, a))
+            params = pol.ask()
+        return out
+
+    over = [(f, a) for f, a in asked(True) if a > sup.amplitude_ceiling(f, 250.0) + 1e-9]
+    assert over == []
+    assert any(a > sup.amplitude_ceiling(f, 250.0) + 1e-9 for f, a in asked(False))
+
+
 def _constant_relief_run(relief_nrs, trials=8, min_s=0.0):
     """The runtime loop on a patient whose estimated pain sits `relief_nrs` below the
     unstimulated reference whenever stimulation is on."""
     pol = SafeBayesPolicy(BayesSettings(non_responder_epochs=3, non_responder_min_amp_mA=0.5,
                                         reference_s=0.0, trial_s=600.0, washout_s=300.0,
-                                        climb=False, non_responder_min_s=min_s))
+                                        climb=False, non_responder_min_s=min_s,
+                                        non_responder_threshold=0.3))
     pol.reset(0.0)
     current = Stimulation()
     kinds = []

@@ -172,6 +172,27 @@ def test_same_seed_is_bit_identical_and_chunking_does_not_matter():
     assert not np.array_equal(od.resp, oa.resp)
 
 
+def test_a_restored_checkpoint_replays_the_same_stretch():
+    p = VirtualPatient("fibromyalgia", 5)
+    p.advance(600.0, OPEN)
+    saved = p.checkpoint()
+    first = p.advance(1500.0, OFF)           # a switch, so the train restart is part of it
+    counters = p.counters
+    p.restore(saved)
+    assert p.t == 600.0 and p.stim is OPEN
+    again = p.advance(1500.0, OFF)
+    for name in ("beat_t", "rr_ms", "resp", "eda", "truth_t"):
+        assert getattr(first, name).tobytes() == getattr(again, name).tobytes(), name
+    assert first.truth["pain"].tobytes() == again.truth["pain"].tobytes()
+    assert first.ratings == again.ratings and p.counters == counters
+    # and a different command from the checkpoint gives a different stretch
+    p.restore(saved)
+    other = p.advance(1500.0, OPEN)
+    assert not np.array_equal(other.truth["pain"], first.truth["pain"])
+    with pytest.raises(ValueError, match="ECG"):
+        VirtualPatient("fibromyalgia", 5, ecg_fs=250.0).checkpoint()
+
+
 def test_two_patients_in_one_process_do_not_interfere():
     a = VirtualPatient("fibromyalgia", 3)
     b = VirtualPatient("fibromyalgia", 3)

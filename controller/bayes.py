@@ -365,13 +365,15 @@ class SafeBayesPolicy:
         """The supervisor's amplitude cap at (frequency, pulse width): settings above it leave
         the safe set. A trial above it would be delivered lower and scored as the lower one."""
         self._ceiling = ceiling
-
-    def _under_ceiling(self) -> np.ndarray:
         g = self.grid
         pw = g[:, 2] if g.shape[1] == 3 else np.full(len(g), self.settings.pulse_width_us)
         columns, inverse = np.unique(np.stack([g[:, 0], pw], axis=1), axis=0, return_inverse=True)
-        caps = np.array([self._ceiling(f, w) for f, w in columns])
-        return g[:, 1] <= caps[inverse.ravel()] + 1e-9
+        self._columns = columns.tolist()
+        self._column_of = inverse.ravel()
+
+    def _under_ceiling(self) -> np.ndarray:
+        caps = np.array([self._ceiling(f, w) for f, w in self._columns])
+        return self.grid[:, 1] <= caps[self._column_of] + 1e-9
 
     @property
     def best_params(self) -> dict[str, float]:

@@ -179,14 +179,8 @@ def run_one(task: dict) -> dict:
     if policy == "titration":
         res.update(final_amplitude_mA=source.amplitude, tolerated=source.tolerated)
     if task.get("oracle"):
-        from controller.oracle import oracle_search
-        from controller.safety import SafetyLimits
-        bayes_config = _config("bayes", task.get("config"))
-        b = bayes_config.policy.bayes
-        found = oracle_search(profile, seed, duration,
-                              freq_range=(b.frequency_min_Hz, b.frequency_max_Hz),
-                              amp_max_mA=b.amplitude_max_mA, pulse_width_us=b.pulse_width_us,
-                              limits=SafetyLimits.from_config(bayes_config))
+        from controller.oracle import oracle_for_config
+        found = oracle_for_config(profile, seed, duration, _config("bayes", task.get("config")))
         best = found["pain_reduction"]
         res.update(oracle_params=found["params"], oracle_pain_reduction=best,
                    oracle_fraction=res["pain_reduction"] / best if best > 0 else float("nan"))

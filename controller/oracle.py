@@ -98,8 +98,7 @@ def run_supervised(profile: str, seed: int, stim: Stimulation, duration: float,
     p = VirtualPatient(profile, seed, params=params)
     sup = SafetySupervisor(limits, p.t)
     long_rr_ms = min(60000.0 / limits.bradycardia_hr_min_bpm, 1000.0 * limits.rr_pause_max_s)
-    wanted = ControllerStimulation(stim.amplitude_mA, stim.frequency_Hz, stim.pulse_width_us,
-                                   stim.train_on_s, stim.train_off_s, stim.enabled)
+    wanted = ControllerStimulation.from_array(stim.as_array())
     total, n, stops, locked_s = 0.0, 0, 0, 0.0
     held = (None, OFF)
     t_end = p.t + duration
@@ -212,3 +211,13 @@ def oracle_search(profile: str, seed: int, duration: float, *, freq_range=(5.0, 
         "safe_candidates": sum(r["safe"] for r in rows),
         "grid": rows,
     }
+
+
+def oracle_for_config(profile: str, seed: int, duration: float, config) -> dict:
+    """`oracle_search` over the Bayesian policy's search envelope of `config` (a `Config`),
+    each candidate held through a supervisor with the config's safety limits."""
+    b = config.policy.bayes
+    return oracle_search(profile, seed, duration,
+                         freq_range=(b.frequency_min_Hz, b.frequency_max_Hz),
+                         amp_max_mA=b.amplitude_max_mA, pulse_width_us=b.pulse_width_us,
+                         limits=SafetyLimits.from_config(config))

@@ -269,13 +269,8 @@ def bayes_summary(args, config: Config, controller: LockstepController, tracker:
         "unsafe_trial_list": unsafe,
     }
     if oracle:
-        from controller.oracle import oracle_search
-        from controller.safety import SafetyLimits
-        b = config.policy.bayes
-        found = oracle_search(args.profile, args.seed, duration,
-                              freq_range=(b.frequency_min_Hz, b.frequency_max_Hz),
-                              amp_max_mA=b.amplitude_max_mA, pulse_width_us=b.pulse_width_us,
-                              limits=SafetyLimits.from_config(config))
+        from controller.oracle import oracle_for_config
+        found = oracle_for_config(args.profile, args.seed, duration, config)
         best = found["pain_reduction"]
         res.update({
             "oracle_params": found["params"],

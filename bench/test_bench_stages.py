@@ -8,6 +8,7 @@ through `ControlLoop.tick`, and the Bayesian epoch update (tell + ask).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from controller.bayes import BayesSettings, SafeBayesPolicy
 from controller.config import Config
@@ -111,9 +112,13 @@ def test_control_loop_tick(benchmark):
     benchmark.extra_info.update(loop.tick_stats_us())
 
 
-def test_bayes_epoch_update(benchmark):
-    """`tell` (GP updates of the objective and the safety constraints) + `ask` (acquisition)."""
+@pytest.mark.parametrize("bound", [False, True], ids=["alone", "bound-to-supervisor"])
+def test_bayes_epoch_update(benchmark, bound):
+    """`tell` (GP updates of the objective and the safety constraints) + `ask` (acquisition);
+    bound: with the supervisor's amplitude ceiling in the safe set, as in the runtime."""
     pol = SafeBayesPolicy(BayesSettings())
+    if bound:
+        pol.bind_amplitude_ceiling(SafetySupervisor(SafetyLimits(), 0.0).amplitude_ceiling)
     pol.reset(0.0)
     rng = np.random.default_rng(3)
 

@@ -341,8 +341,9 @@ def replay_file(path: str | Path, config: Config | None = None,
         for e in rec_events:
             if e.get("kind") == "input.started" and e.get("source") in split:
                 c, cut = split[e["source"]]
-                first = np.searchsorted(np.maximum.accumulate(c.timestamps),
-                                        e["data"]["first_t"], side="left")
+                stamps = np.maximum.accumulate(c.timestamps)
+                first = np.searchsorted(stamps, e["data"]["first_t"] - _stamp_tolerance(stamps),
+                                        side="left")
                 pos_start[e["source"]] = int(first)
                 cut[:] = np.maximum(cut, first)
     ev = source.events
@@ -427,12 +428,25 @@ def _cut_at_watermarks(split: dict, source: XDFSource, edges: np.ndarray,
         if key not in col:
             continue
         stamps = np.maximum.accumulate(c.timestamps)
+        tol = _stamp_tolerance(stamps)
         for k, ks in zip(tick_idx, k_state):
             if ks < len(rec_t):
                 w = rec[ks, col[key]]
-                cut[k] = np.searchsorted(stamps, w, side="right") if np.isfinite(w) else 0
+                cut[k] = np.searchsorted(stamps, w + tol, side="right") if np.isfinite(w) else 0
         # cuts between ticks must not run past the next tick's watermark
         cut[:] = np.minimum.accumulate(cut[::-1])[::-1]
+
+
+def _stamp_tolerance(stamps: np.ndarray) -> float:
+    """How far a recorded watermark may sit from the stamp of the sample it names.
+
+    The live loop kept the stamps as its inlet corrected them; pyxdf maps each stream with a
+    line fitted to all of LabRecorder's clock offsets, so the same sample reads back tens of
+    microseconds away (either way; up to ~75 us on loopback). Half a sample period, at most
+    TOL_TIME_S, keeps the named sample and never takes in its neighbour."""
+    d = np.diff(stamps)
+    d = d[d > 0]
+    return min(TOL_TIME_S, 0.5 * float(np.median(d))) if len(d) else TOL_TIME_S
 
 
 def ecg_polarity_event(chunk: Chunk, fs: float) -> Event | None:

@@ -45,7 +45,7 @@ def _varlen(n: int) -> bytes:
 
 
 def write_xdf(path: Path, streams: list[dict]) -> Path:
-    """streams: dicts with name, type, fs, fmt ('float32' or 'string'), ts, data ((n, ch) or
+    """streams: dicts with name, type, fs, fmt ('float32', 'double64' or 'string'), ts, data ((n, ch) or
     list of str); optional offsets [(collection_time, offset)]."""
     out = [b"XDF:", _chunk(1, b'<?xml version="1.0"?><info><version>1.0</version></info>')]
     for sid, s in enumerate(streams, start=1):
@@ -67,7 +67,8 @@ def write_xdf(path: Path, streams: list[dict]) -> Path:
                     v = s["data"][i].encode()
                     body += _varlen(len(v)) + v
                 else:
-                    body += np.asarray(s["data"][i], np.float32).tobytes()
+                    dtype = np.float64 if s["fmt"] == "double64" else np.float32
+                    body += np.asarray(s["data"][i], dtype).tobytes()
             out.append(_chunk(3, bytes(body)))
         for ct, off in s.get("offsets", []):
             out.append(_chunk(4, struct.pack("<Idd", sid, ct, off)))
@@ -289,17 +290,15 @@ def test_compare_decisions_counts_differences():
     assert compare_decisions([], np.zeros((0, 7)), t3, rep3) == 0
 
 
-def test_recorded_session_replays_with_matching_decisions(tmp_path):
-    """A vnsloop session (inputs + the controller's outputs) written by the same loop on the
-    same data: ticking at the recorded tick times reproduces its decisions exactly."""
-    from controller.config import Config
+def _recorded_session(path: Path, cfg, ecg_clock_offset_s: float = 0.0):
+    """A vnsloop session over a synthetic ECG, fed tick by tick as the live loop feeds, written
+    as XDF: (path, the loop's commands (t, rows), its states (t, rows), ECG sample rate)."""
     from controller.outlets import OutputLog
     from controller.runtime import ControlLoop
     from signals.chunk import Chunk
 
     fs = 250.0
     t, x, beats = _synth_ecg(fs, 90.0, seed=5, t0=500.0)
-    cfg = Config.from_dict({"estimation": {"baseline_s": 30.0}})
     log = OutputLog()
     t0 = 500.0 - 0.013
     loop = ControlLoop(cfg, log, t0)
@@ -315,13 +314,26 @@ def test_recorded_session_replays_with_matching_decisions(tmp_path):
     ct, c = log.command_array()
     st, s = log.state_array()
     ev = [e.to_json() for e in log.events]
-    path = write_xdf(tmp_path / "session.xdf", [
-        {"name": "ECG-x", "type": "ECG", "fs": fs, "fmt": "float32", "ts": t, "data": x[:, None]},
-        {"name": "vnsloop-command", "type": "Stimulation", "fs": 0, "fmt": "float32", "ts": ct, "data": c},
-        {"name": "vnsloop-state", "type": "State", "fs": 4.0, "fmt": "float32", "ts": st, "data": s},
+    # LabRecorder's offsets for the ECG stream: pyxdf moves its stamps by this much
+    offsets = [(t[0], ecg_clock_offset_s), (t[-1], ecg_clock_offset_s)] if ecg_clock_offset_s else []
+    write_xdf(path, [
+        {"name": "ECG-x", "type": "ECG", "fs": fs, "fmt": "float32", "ts": t, "data": x[:, None],
+         "offsets": offsets},
+        {"name": "vnsloop-command", "type": "Stimulation", "fs": 0, "fmt": "double64", "ts": ct, "data": c},
+        {"name": "vnsloop-state", "type": "State", "fs": 4.0, "fmt": "double64", "ts": st, "data": s},
         {"name": "vnsloop-events", "type": "Markers", "fs": 0, "fmt": "string",
          "ts": [e.t for e in log.events], "data": ev},
     ])
+    return path, (ct, c), (st, s), fs
+
+
+def test_recorded_session_replays_with_matching_decisions(tmp_path):
+    """A vnsloop session (inputs + the controller's outputs) written by the same loop on the
+    same data: ticking at the recorded tick times reproduces its decisions exactly."""
+    from controller.config import Config
+
+    cfg = Config.from_dict({"estimation": {"baseline_s": 30.0}})
+    path, (ct, c), _, _ = _recorded_session(tmp_path / "session.xdf", cfg)
     res = replay_file(path, cfg)
     assert res.tick_times == "recorded"
     assert res.recorded_commands is not None and len(res.recorded_commands[0]) == len(ct)
@@ -332,6 +344,30 @@ def test_recorded_session_replays_with_matching_decisions(tmp_path):
     if np.any(c[:, -1] > 0.5):
         res2 = replay_file(path, cfg2)
         assert res2.decision_mismatches > 0
+
+
+@pytest.mark.parametrize("offset_us", [-60.0, 60.0])
+def test_replay_feeds_what_the_live_loop_fed_when_clock_sync_moves_the_stamps(tmp_path, offset_us):
+    """pyxdf's clock sync moves each recorded stream by its fitted offset (tens of us on
+    loopback, either sign), so the live loop's watermarks no longer equal the stamps read
+    back: the replay must still cut each input after the sample the live loop fed last."""
+    from controller.config import Config
+
+    cfg = Config.from_dict({"estimation": {"baseline_s": 30.0}})
+    path, _, (st, s), fs = _recorded_session(tmp_path / "session.xdf", cfg, offset_us * 1e-6)
+    res = replay_file(path, cfg)
+    assert res.tick_times == "recorded"
+    col = STATE_CHANNELS.index("fed_t_ecg")
+    live = s[:, col]
+    _, rs = res.log.state_array()
+    replayed = rs[:, col]
+    assert len(replayed) == len(live)
+    fed = np.isfinite(live)
+    assert fed.sum() > 300
+    assert np.array_equal(np.isfinite(replayed), fed)
+    # the same sample at every tick: its stamp moved by the offset, never by a sample period
+    np.testing.assert_allclose(replayed[fed] - live[fed], offset_us * 1e-6, atol=2e-6)
+    assert res.decision_mismatches == 0
 
 
 def test_run_replay_command_namespace(tmp_path, shared_data):

@@ -365,15 +365,13 @@ class SafeBayesPolicy:
         """The supervisor's amplitude cap at (frequency, pulse width): settings above it leave
         the safe set. A trial above it would be delivered lower and scored as the lower one."""
         self._ceiling = ceiling
-        g = self.grid
-        pw = g[:, 2] if g.shape[1] == 3 else np.full(len(g), self.settings.pulse_width_us)
-        columns, inverse = np.unique(np.stack([g[:, 0], pw], axis=1), axis=0, return_inverse=True)
-        self._columns = columns.tolist()
-        self._column_of = inverse.ravel()
 
     def _under_ceiling(self) -> np.ndarray:
-        caps = np.array([self._ceiling(f, w) for f, w in self._columns])
-        return self.grid[:, 1] <= caps[self._column_of] + 1e-9
+        # the grid is a mesh (frequency, amplitude[, pulse width]): one cap per column
+        pws = self.axes[2] if len(self.axes) == 3 else (self.settings.pulse_width_us,)
+        caps = np.array([[self._ceiling(float(f), float(w)) for w in pws] for f in self.axes[0]])
+        under = self.axes[1][None, :, None] <= caps[:, None, :] + 1e-9
+        return under.ravel()
 
     @property
     def best_params(self) -> dict[str, float]:

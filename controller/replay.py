@@ -264,8 +264,9 @@ def replay_file(path: str | Path, config: Config | None = None,
                       c.timestamps[idx])
         if len(c):
             chunks[c.role] = c
-    data_t = np.sort(np.concatenate([np.maximum.accumulate(c.timestamps) for c in chunks.values()])) \
-        if chunks else np.zeros(0)
+    # each input's stamps as fed (their running maximum: see the module's docstring)
+    fed_stamps = {role: np.maximum.accumulate(c.timestamps) for role, c in chunks.items()}
+    data_t = np.sort(np.concatenate(list(fed_stamps.values()))) if chunks else np.zeros(0)
 
     mode = "grid"
     skipped, skips = 0.0, []
@@ -334,14 +335,13 @@ def replay_file(path: str | Path, config: Config | None = None,
         edges_all = np.append(edges_all, source.t_end)
     is_tick = np.isin(edges_all, edges)
     pos_start: dict[str, int] = {}   # where the live loop began each input
-    split = {role: (c, _split(np.maximum.accumulate(c.timestamps), edges_all))
-             for role, c in chunks.items()}
+    split = {role: (c, _split(fed_stamps[role], edges_all)) for role, c in chunks.items()}
     if mode == "recorded":
-        _cut_at_watermarks(split, source, edges_all, is_tick)
+        _cut_at_watermarks(split, fed_stamps, source, edges_all, is_tick)
         for e in rec_events:
             if e.get("kind") == "input.started" and e.get("source") in split:
-                c, cut = split[e["source"]]
-                stamps = np.maximum.accumulate(c.timestamps)
+                _, cut = split[e["source"]]
+                stamps = fed_stamps[e["source"]]
                 first = np.searchsorted(stamps, e["data"]["first_t"] - _stamp_tolerance(stamps),
                                         side="left")
                 pos_start[e["source"]] = int(first)
@@ -410,7 +410,7 @@ def replay_file(path: str | Path, config: Config | None = None,
     return res
 
 
-def _cut_at_watermarks(split: dict, source: XDFSource, edges: np.ndarray,
+def _cut_at_watermarks(split: dict, fed_stamps: dict, source: XDFSource, edges: np.ndarray,
                        is_tick: np.ndarray) -> None:
     """Where the recorded `vnsloop-state` carries the live loop's input watermarks (the last
     sample time fed per input at each tick), cut each input there instead of at the tick time:
@@ -423,11 +423,11 @@ def _cut_at_watermarks(split: dict, source: XDFSource, edges: np.ndarray,
     tick_idx = np.flatnonzero(is_tick)
     # recorded ticks, in order, match the recorded state samples
     k_state = np.searchsorted(rec_t, edges[tick_idx] - TOL_TIME_S, side="left")
-    for role, (c, cut) in split.items():
+    for role, (_, cut) in split.items():
         key = f"fed_t_{role}"
         if key not in col:
             continue
-        stamps = np.maximum.accumulate(c.timestamps)
+        stamps = fed_stamps[role]
         tol = _stamp_tolerance(stamps)
         for k, ks in zip(tick_idx, k_state):
             if ks < len(rec_t):

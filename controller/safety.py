@@ -141,8 +141,10 @@ class SafetyLimits:
                                 "bad proposals for this long: stop instead of hold")
     discomfort_step_mA: float = spec(0.25, 0.05, 5.0, "mA", "step down on a side effect")
     discomfort_factor: float = spec(0.75, 0.1, 0.95, "", "or down to this fraction, if lower")
-    unsafe_region_halfwidth_Hz: float = spec(5.0, 0.0, 29.0, "Hz",
-                                             "frequencies this near share the ceiling")
+    # A-fibre side effects (hoarseness, cough) grow with frequency at a given charge: a region
+    # marked unsafe covers every higher frequency, and this much below.
+    unsafe_region_below_Hz: float = spec(5.0, 0.0, 29.0, "Hz",
+                                         "frequencies this far below share the ceiling")
     event_repeat_s: float = spec(10.0, 1.0, 3600.0, "s",
                                  "a rule that keeps intervening is reported again after this")
 
@@ -352,8 +354,10 @@ def _force_off(t, S, B):
 def _ceiling(f, S, R):
     c = np.inf
     for i in range(int(S[S_NREG])):
-        if abs(f - R[i, 0]) <= R[i, 1] and R[i, 2] < c:
-            c = R[i, 2]
+        if R[i, 0] <= f <= R[i, 1]:
+            c = min(c, R[i, 2])
+            if f > 0.0:
+                c = min(c, R[i, 3] / f)
     return c
 
 
@@ -542,16 +546,18 @@ def _finish(t, dt, stop, stale, want_en, a, f, pw, on, off, bits, S, L, B, R, ou
 # ---- the supervisor ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class UnsafeRegion:
-    """Frequencies within halfwidth_Hz of frequency_Hz may not exceed amplitude_max_mA."""
+    """Frequencies from low_Hz to high_Hz may not exceed amplitude_max_mA, nor the amplitude
+    that gives charge_rate_max (amplitude x frequency, mA Hz)."""
 
-    frequency_Hz: float
-    halfwidth_Hz: float
+    low_Hz: float
+    high_Hz: float
     amplitude_max_mA: float
+    charge_rate_max: float
     t: float
     what: str
 
     def contains(self, frequency_Hz: float) -> bool:
-        return abs(frequency_Hz - self.frequency_Hz) <= self.halfwidth_Hz
+        return self.low_Hz <= frequency_Hz <= self.high_Hz
 
 
 def _stim_dict(s: Stimulation) -> dict:
@@ -570,7 +576,7 @@ class SafetySupervisor:
         self._L = L = limits.as_array()
         self._S = S = np.full(N_STATE, np.nan)
         self._B = np.zeros(N_BUCKETS)
-        self._R = np.zeros((MAX_UNSAFE_REGIONS, 3))
+        self._R = np.zeros((MAX_UNSAFE_REGIONS, 4))
         self._p = np.zeros(6)
         self._out = np.zeros(6)
         on = min(OFF_DEFAULT.train_on_s, L[L_ONMAX])
@@ -722,25 +728,30 @@ class SafetySupervisor:
                           f"side effect {what!r} reported at 0 mA: nothing to step down",
                           {"rule": "discomfort", "what": what, "frequency_Hz": f})]
         ceiling = max(0.0, min(a - lim.discomfort_step_mA, a * lim.discomfort_factor))
-        region = UnsafeRegion(f, lim.unsafe_region_halfwidth_Hz, ceiling, t, str(what))
+        # Far above the reported frequency the ceiling alone can still be felt (the patient's
+        # threshold in amplitude falls by up to a quarter from 20 to 30 Hz): the charge per
+        # second at which the side effect came is a cap too.
+        region = UnsafeRegion(f - lim.unsafe_region_below_Hz, lim.frequency_max_Hz, ceiling,
+                              a * f, t, str(what))
         n = int(S[S_NREG])
         if n < MAX_UNSAFE_REGIONS:
             S[S_NREG] = n + 1
             self.unsafe_regions.append(region)
         else:  # full: merge into the nearest region, covering both at the lower ceiling
-            n = int(np.argmin(np.abs(self._R[:, 0] - f)))
+            n = int(np.argmin(np.abs(self._R[:, 0] - region.low_Hz)))
             old = self.unsafe_regions[n]
-            lo = min(old.frequency_Hz - old.halfwidth_Hz, f - region.halfwidth_Hz)
-            hi = max(old.frequency_Hz + old.halfwidth_Hz, f + region.halfwidth_Hz)
-            region = UnsafeRegion((lo + hi) / 2, (hi - lo) / 2,
-                                  min(old.amplitude_max_mA, ceiling), t, str(what))
+            region = UnsafeRegion(min(old.low_Hz, region.low_Hz), region.high_Hz,
+                                  min(old.amplitude_max_mA, ceiling),
+                                  min(old.charge_rate_max, region.charge_rate_max), t, str(what))
             self.unsafe_regions[n] = region
-        self._R[n] = (region.frequency_Hz, region.halfwidth_Hz, region.amplitude_max_mA)
+        self._R[n] = (region.low_Hz, region.high_Hz, region.amplitude_max_mA,
+                      region.charge_rate_max)
         return [Event(t, "safety.discomfort", "safety",
                       f"side effect {what!r} at {a:.2f} mA, {f:g} Hz: amplitude steps down to "
-                      f"{ceiling:.2f} mA; {f - region.halfwidth_Hz:g} to "
-                      f"{f + region.halfwidth_Hz:g} Hz capped there",
+                      f"{ceiling:.2f} mA; {region.low_Hz:g} to {region.high_Hz:g} Hz capped there and to "
+                      f"{a * f:.1f} mA Hz",
                       {"rule": "discomfort", "what": what, "before_mA": a, "after_mA": ceiling,
+                       "frequency_Hz": f,
                        "region": dataclasses.asdict(region)})]
 
     def on_signal(self, t: float, valid_beat_t: float | None, quality: float) -> None:
@@ -843,7 +854,7 @@ def _warm_up() -> None:
     L = SafetyLimits().as_array()
     S = np.zeros(N_STATE)
     S[S_ON], S[S_OFF], S[S_LOCK], S[S_LAST_BEAT], S[S_QLOW_SINCE] = 30, 300, -np.inf, 0, np.nan
-    B, R, out = np.zeros(N_BUCKETS), np.zeros((MAX_UNSAFE_REGIONS, 3)), np.zeros(6)
+    B, R, out = np.zeros(N_BUCKETS), np.zeros((MAX_UNSAFE_REGIONS, 4)), np.zeros(6)
     _guard_kernel(0.5, np.array([1.0, 20, 250, 30, 300, 1]), S, L, B, R, out, False)
     _signal(0.5, 0.5, 1.0, S, L)
     _amplitude_ceiling(20.0, 250.0, S, L, R)

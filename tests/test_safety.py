@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.safety import (ABS_AMPLITUDE_MAX_MA, ConfigError, SafetyLimits,
+from controller.safety import (ABS_AMPLITUDE_MAX_MA, S_A, S_F, ConfigError, SafetyLimits,
                                SafetySupervisor)
 from controller.types import Stimulation
 
@@ -132,8 +132,11 @@ class Checker:
             self.brady.append(cmd.t)
         # discomfort: amplitude ramps down to the region's ceiling at no less than the rate
         for tr, f, ceiling, a_r in self.regions:
-            if abs(s.frequency_Hz - f) <= lim.unsafe_region_halfwidth_Hz and s.enabled:
-                assert s.amplitude_mA <= max(ceiling, a_r - lim.ramp_down_mA_per_s
+            # side effects grow with frequency: every higher frequency shares the ceiling, and
+            # the charge per second of the report
+            if s.frequency_Hz >= f - lim.unsafe_region_below_Hz and s.enabled:
+                here = min(ceiling, a_r * f / s.frequency_Hz)
+                assert s.amplitude_mA <= max(here, a_r - lim.ramp_down_mA_per_s
                                              * (cmd.t - tr)) + 1e-6
         self.cmds.append((cmd, kind))
 
@@ -428,12 +431,33 @@ def test_discomfort_steps_down_and_marks_region():
     ceiling = min(a - 0.25, 0.75 * a)
     r = sup.unsafe_regions[0]
     assert r.amplitude_max_mA == pytest.approx(ceiling) and r.contains(22.0)
-    assert not r.contains(30.0)
+    assert r.contains(15.0) and not r.contains(14.0)
+    assert r.contains(30.0), "a higher frequency is at least as uncomfortable"
     t, out = run(sup, t, Stimulation(2.0, 20, 250, 30, 300, True), 40)
     assert out[-1][0].stim.amplitude_mA == pytest.approx(ceiling)
-    # a nearby frequency is capped too; moving there waits for the amplitude to come down
+    # nearby and higher frequencies are capped too; moving there waits for the amplitude to
+    # come down. Far enough below, the envelope's cap is back.
     assert sup.amplitude_ceiling(24.0) == pytest.approx(ceiling)
-    assert sup.amplitude_ceiling(26.0) == 3.5
+    assert sup.amplitude_ceiling(30.0) == pytest.approx(min(ceiling, a * 20.0 / 30.0))
+    assert sup.amplitude_ceiling(14.0) == 3.5
+
+
+@settings(settings.get_profile("safety"))
+@given(st.lists(st.tuples(st.floats(1.0, 30.0), st.floats(0.1, 3.5)), min_size=1,
+                max_size=80))
+def test_a_side_effect_never_raises_a_cap(reports):
+    """Past the table's 64 regions reports merge into the nearest one: still no cap rises,
+    and the setting that was felt is capped below itself."""
+    sup = fresh()
+    grid = np.arange(1.0, 30.01, 0.5)
+    before = np.array([sup.amplitude_ceiling(f) for f in grid])
+    for k, (f, a) in enumerate(reports):
+        sup._S[S_A], sup._S[S_F] = a, f   # as if the ramp had reached it
+        sup.on_side_effect(float(k), "cough")
+        after = np.array([sup.amplitude_ceiling(g) for g in grid])
+        assert (after <= before + EPS).all()
+        assert sup.amplitude_ceiling(f) < a
+        before = after
 
 
 def test_stale_input_holds_then_stops():
@@ -488,3 +512,31 @@ def test_compensatory_pause_after_an_ectopic_beat_is_not_bradycardia():
     t += 1.25
     cmd, ev = sup.on_beat(t, 1250.0)                  # a second long one is bradycardia
     assert cmd is not None and not cmd.stim.enabled and ev[0].kind == "safety.bradycardia"
+
+
+def _feels_discomfort(patient, frequency_Hz: float, amplitude_mA: float) -> bool:
+    """The virtual patient's own rule: laryngeal A-fibre drive over its threshold."""
+    import sim.model as m
+    scratch = np.zeros(len(m.STATE_NAMES))
+    m.set_stim(scratch, patient._par, np.array([amplitude_mA, frequency_Hz, 250.0, 30.0, 300.0,
+                                                 1.0]))
+    return bool(scratch[m.S_DISC_ON] > patient._par[m.P_DISC_THR])
+
+
+@pytest.mark.parametrize("seed", range(1, 21))
+def test_after_a_side_effect_no_higher_frequency_is_allowed_into_discomfort(seed):
+    """Ground truth from the virtual patient: once a side effect is reported at 20 Hz, at the
+    first 0.1 mA step that the patient feels, the supervisor's cap keeps every frequency
+    from 15 Hz up below the patient's own discomfort threshold (a region capped only around
+    20 Hz let a search feel it again at 26-30 Hz, in most cohort patients; with the step-down
+    ceiling alone, patient 8 feels 30 Hz at it)."""
+    from sim.patient import VirtualPatient
+    patient = VirtualPatient("fibromyalgia", seed)
+    felt = next(a for a in np.arange(0.1, 3.51, 0.1) if _feels_discomfort(patient, 20.0, a))
+    sup = fresh()
+    t, _ = run(sup, 0.0, Stimulation(float(felt), 20.0, 250.0, 30.0, 300.0, True), 200)
+    assert sup.last.stim.amplitude_mA == pytest.approx(felt)
+    sup.on_side_effect(t, "hoarseness")
+    for f in np.arange(15.0, 30.01, 0.5):
+        cap = sup.amplitude_ceiling(f, 250.0)
+        assert not _feels_discomfort(patient, f, cap), (f, cap)

@@ -60,7 +60,7 @@ def run_demo_command(args) -> dict:
     out_dir = Path(args.out)
     xdf = out_dir / f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uid}.xdf"
     config = demo_config(prefix, args.seed, args.policy, args.seconds)
-    # Saved beside the recording: `vnsloop replay FILE --config` reproduces the session.
+    # Saved beside the recording: `vnsloop replay FILE` finds it and reproduces the session.
     config_path = xdf.with_suffix(".toml")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, config_path)

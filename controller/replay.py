@@ -221,6 +221,25 @@ def _split(ts_env: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.searchsorted(ts_env, edges, side="right")
 
 
+def _config_differs(rec_events: list[dict], config: Config) -> Event | None:
+    """A replay under another policy or tick rate than the recorded session's makes other
+    decisions by design: say so, before anyone reads its mismatches as a fault."""
+    started = [e for e in rec_events if e.get("kind") == "loop.started"]
+    if not started:
+        return None
+    data = started[-1].get("data", {})
+    live = (data.get("policy"), data.get("tick_hz"))
+    here = (config.policy.kind, config.tick_hz)
+    if live[0] is None or (live[0] == here[0] and live[1] == here[1]):
+        return None
+    return Event(started[-1]["_t"], "replay.config_differs", "replay",
+                 f"the recorded session ran the {live[0]!r} policy at {live[1]} Hz, this "
+                 f"replay runs {here[0]!r} at {here[1]} Hz: decisions will differ (pass the "
+                 "session's configuration with --config)",
+                 {"recorded_policy": live[0], "recorded_tick_hz": live[1],
+                  "policy": here[0], "tick_hz": here[1]})
+
+
 def replay_file(path: str | Path, config: Config | None = None,
                 role_map: dict[str, str] | None = None, *,
                 tick_times: np.ndarray | str | None = "auto",
@@ -249,6 +268,9 @@ def replay_file(path: str | Path, config: Config | None = None,
                                    f"expected {len(COMMAND_CHANNELS)}: not compared"))
         rec_cmd = None
     rec_events = _recorded_events(source)
+    differs = _config_differs(rec_events, config)
+    if differs is not None:
+        source.events.append(differs)
     tick_s = 1.0 / config.tick_hz
 
     # inputs: each role's whole recording, split below at the step edges
@@ -724,11 +746,19 @@ def run_replay_command(args) -> dict:
     path = files[0]
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    beside = path.with_suffix(".toml")
+    if getattr(args, "config", None) is None and beside.is_file():
+        # `vnsloop demo` writes the session's configuration beside its recording
+        config = build_config(str(beside), getattr(args, "policy", None))
+        progress(f"replay: configuration from {beside}")
     progress(f"replay: {path.name} ({config.policy.kind} policy, tick {config.tick_hz:g} Hz)")
     out = replay_to_outputs(path, config, role_map, out_dir)
     progress(f"replay: {out['duration_s']:.1f} s of data in {out['wall_s']:.3f} s "
              f"({out['realtime_factor']:.0f}x real time), {out['beats']} beats, "
              f"{out['commands']} commands, {out['events']} events")
+    if "replay.config_differs" in out["event_kinds"]:
+        progress("replay: the session was recorded under another policy or tick rate; its "
+                 "decisions are compared anyway (pass its configuration with --config)")
     out["_table_keys"] = ["file", "duration_s", "wall_s", "realtime_factor", "beats", "gaps",
                           "commands", "events", "errors", "decision_mismatches", "report"]
     return out

@@ -330,6 +330,8 @@ def _recorded_session(path: Path, cfg, ecg_clock_offset_s: float = 0.0):
 def test_recorded_session_replays_with_matching_decisions(tmp_path):
     """A vnsloop session (inputs + the controller's outputs) written by the same loop on the
     same data: ticking at the recorded tick times reproduces its decisions exactly."""
+    from dataclasses import replace
+
     from controller.config import Config
 
     cfg = Config.from_dict({"estimation": {"baseline_s": 30.0}})
@@ -338,8 +340,22 @@ def test_recorded_session_replays_with_matching_decisions(tmp_path):
     assert res.tick_times == "recorded"
     assert res.recorded_commands is not None and len(res.recorded_commands[0]) == len(ct)
     assert res.decision_mismatches == 0
+    assert not any(e.kind == "replay.config_differs" for e in res.log.events)
+    # another policy is named as the cause of the differences it makes
+    res_pid = replay_file(path, replace(cfg, policy=replace(cfg.policy, kind="pid")))
+    differs = [e for e in res_pid.log.events if e.kind == "replay.config_differs"]
+    assert len(differs) == 1 and differs[0].data["recorded_policy"] == "open"
+    assert differs[0].data["policy"] == "pid" and "--config" in differs[0].message
+    # the CLI takes the session's configuration from beside the recording, as the demo saves it
+    import argparse
+
+    from controller.config import save_config
+    args = argparse.Namespace(file=str(path), config=None, policy=None, realtime=False, map=None,
+                              out=str(tmp_path / "out"), json=True)
+    assert run_replay_command(args)["decision_mismatches"] > 0   # defaults: another baseline
+    save_config(cfg, path.with_suffix(".toml"))
+    assert run_replay_command(args)["decision_mismatches"] == 0
     # a different policy gives different decisions, and the count says so
-    from dataclasses import replace
     cfg2 = replace(cfg, policy=replace(cfg.policy, open=replace(cfg.policy.open, amplitude_mA=0.5)))
     if np.any(c[:, -1] > 0.5):
         res2 = replay_file(path, cfg2)

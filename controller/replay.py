@@ -221,18 +221,18 @@ def _split(ts_env: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.searchsorted(ts_env, edges, side="right")
 
 
-def _config_differs(rec_events: list[dict], config: Config) -> Event | None:
-    """A replay under another policy or tick rate than the recorded session's makes other
-    decisions by design: say so, before anyone reads its mismatches as a fault."""
-    started = [e for e in rec_events if e.get("kind") == "loop.started"]
-    if not started:
+def _config_differs(started: dict | None, config: Config) -> Event | None:
+    """A replay under another policy or tick rate than the recorded session's (its
+    `loop.started` event) makes other decisions by design: say so, before anyone reads its
+    mismatches as a fault."""
+    if started is None:
         return None
-    data = started[-1].get("data", {})
+    data = started.get("data", {})
     live = (data.get("policy"), data.get("tick_hz"))
     here = (config.policy.kind, config.tick_hz)
     if live[0] is None or (live[0] == here[0] and live[1] == here[1]):
         return None
-    return Event(started[-1]["_t"], "replay.config_differs", "replay",
+    return Event(started["_t"], "replay.config_differs", "replay",
                  f"the recorded session ran the {live[0]!r} policy at {live[1]} Hz, this "
                  f"replay runs {here[0]!r} at {here[1]} Hz: decisions will differ (pass the "
                  "session's configuration with --config)",
@@ -268,7 +268,8 @@ def replay_file(path: str | Path, config: Config | None = None,
                                    f"expected {len(COMMAND_CHANNELS)}: not compared"))
         rec_cmd = None
     rec_events = _recorded_events(source)
-    differs = _config_differs(rec_events, config)
+    started = next((e for e in reversed(rec_events) if e.get("kind") == "loop.started"), None)
+    differs = _config_differs(started, config)
     if differs is not None:
         source.events.append(differs)
     tick_s = 1.0 / config.tick_hz
@@ -310,8 +311,7 @@ def replay_file(path: str | Path, config: Config | None = None,
             if st is not None:
                 fs = next((s.fs for s in source.streams if s.name == STATE_STREAM), 0.0)
                 live_tick_s = 1.0 / fs if fs > 0 else tick_s
-            started = [e for e in rec_events if e.get("kind") == "loop.started"]
-            t0 = (float(started[-1]["data"]["t0"]) if started
+            t0 = (float(started["data"]["t0"]) if started is not None
                   else float(ticks[0]) - live_tick_s)
         else:
             ticks, skipped, skips = _grid_ticks(t0, source.t_end, tick_s, data_t)

@@ -57,6 +57,7 @@ DEFAULT_ELECTRODE_AREA_CM2 = {"cervical": 0.1, "taVNS": 0.5}
 # command; the duty rules look this far ahead.
 MAX_COMMAND_GAP_S = 1.0
 MAX_UNSAFE_REGIONS = 64
+REGION_COLUMNS = 4              # low_Hz, high_Hz, amplitude cap, charge-rate cap
 DUTY_WINDOW_MAX_S = 600.0
 
 
@@ -576,7 +577,7 @@ class SafetySupervisor:
         self._L = L = limits.as_array()
         self._S = S = np.full(N_STATE, np.nan)
         self._B = np.zeros(N_BUCKETS)
-        self._R = np.zeros((MAX_UNSAFE_REGIONS, 4))
+        self._R = np.zeros((MAX_UNSAFE_REGIONS, REGION_COLUMNS))
         self._p = np.zeros(6)
         self._out = np.zeros(6)
         on = min(OFF_DEFAULT.train_on_s, L[L_ONMAX])
@@ -748,8 +749,8 @@ class SafetySupervisor:
                       region.charge_rate_max)
         return [Event(t, "safety.discomfort", "safety",
                       f"side effect {what!r} at {a:.2f} mA, {f:g} Hz: amplitude steps down to "
-                      f"{ceiling:.2f} mA; {region.low_Hz:g} to {region.high_Hz:g} Hz capped there and to "
-                      f"{a * f:.1f} mA Hz",
+                      f"{ceiling:.2f} mA; {region.low_Hz:g} to {region.high_Hz:g} Hz capped "
+                      f"there and to {a * f:.1f} mA Hz",
                       {"rule": "discomfort", "what": what, "before_mA": a, "after_mA": ceiling,
                        "frequency_Hz": f,
                        "region": dataclasses.asdict(region)})]
@@ -854,7 +855,7 @@ def _warm_up() -> None:
     L = SafetyLimits().as_array()
     S = np.zeros(N_STATE)
     S[S_ON], S[S_OFF], S[S_LOCK], S[S_LAST_BEAT], S[S_QLOW_SINCE] = 30, 300, -np.inf, 0, np.nan
-    B, R, out = np.zeros(N_BUCKETS), np.zeros((MAX_UNSAFE_REGIONS, 4)), np.zeros(6)
+    B, R, out = np.zeros(N_BUCKETS), np.zeros((MAX_UNSAFE_REGIONS, REGION_COLUMNS)), np.zeros(6)
     _guard_kernel(0.5, np.array([1.0, 20, 250, 30, 300, 1]), S, L, B, R, out, False)
     _signal(0.5, 0.5, 1.0, S, L)
     _amplitude_ceiling(20.0, 250.0, S, L, R)

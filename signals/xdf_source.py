@@ -198,7 +198,10 @@ class XDFSource:
                         "(new clock-offset segment)", t=float(ts[i1]), source=src,
                         stream=st.name, via="clock_offsets", sample=int(i1))
         d = np.diff(ts)
-        back = np.flatnonzero(d < -reset_s)
+        # An irregular stream's stamps are the times its samples are about (vnsloop-events
+        # stamps an input's first sample, fed after the loop started): order is not promised,
+        # and a reset there shows in its clock offsets.
+        back = np.flatnonzero(d < -reset_s) if st.fs > 0 else ()
         for i in back[:MAX_EVENTS_PER_STREAM]:
             self._event("xdf.clock_reset", f"stream {st.name!r}: timestamps went back {-d[i]:.3f} s",
                         t=float(ts[i + 1]), source=src, stream=st.name, via="timestamps",

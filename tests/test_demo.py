@@ -45,6 +45,10 @@ def test_demo_recording_holds_inputs_and_outputs(demo):
     # the last command sent is "off"
     assert np.asarray(cmd["time_series"])[-1, 6] == 0
     assert "footer" in cmd                            # closed cleanly
+    # events are stamped with the time they are about, not in order: no false clock reset
+    from signals.xdf_source import XDFSource
+    kinds = {e.kind for e in XDFSource(demo["xdf"]).events}
+    assert "xdf.clock_reset" not in kinds, kinds
 
 
 def test_demo_report_is_written(demo):

@@ -165,6 +165,7 @@ def run_one(task: dict) -> dict:
         "days_to_benefit": int(hit[0]) + 1 if len(hit) else None,
         "discomfort_events": c["discomfort_events"],
         "bradycardia_events": c["bradycardia_events"],
+        "stim_bradycardia_events": c["stim_bradycardia_events"],
         "asystole_events": c["asystole_events"],
         "rescue_doses": c["rescue_doses"],
         "rescue_doses_baseline": base.counters["rescue_doses"],
@@ -281,6 +282,7 @@ def summarise(results: list[dict]) -> list[dict]:
             "benefit_reached": len(benefit),
             "discomfort_events": sum(r["discomfort_events"] for r in rs),
             "bradycardia_events": sum(r["bradycardia_events"] for r in rs),
+            "stim_bradycardia_events": sum(r["stim_bradycardia_events"] for r in rs),
             "asystole_events": sum(r["asystole_events"] for r in rs),
             "rescue_doses": sum(r["rescue_doses"] for r in rs),
             "rescue_doses_baseline": sum(r["rescue_doses_baseline"] for r in rs),
@@ -293,7 +295,7 @@ def summarise(results: list[dict]) -> list[dict]:
 
 def format_rows(rows: list[dict]) -> str:
     head = ("profile", "policy", "n", "pain red. (NRS)", "days to benefit", "discomf.",
-            "brady", "rescue (twin)", "non-resp.", "limit viol.")
+            "brady (in trains)", "rescue (twin)", "non-resp.", "limit viol.")
     lines = []
     for r in rows:
         dtb = r["days_to_benefit_median"]
@@ -301,7 +303,8 @@ def format_rows(rows: list[dict]) -> str:
                       f"{r['pain_reduction_mean']:.2f} ± {r['pain_reduction_sd']:.2f}",
                       f"{dtb:g} ({r['benefit_reached']}/{r['patients']})" if dtb is not None
                       else f"- (0/{r['patients']})",
-                      str(r["discomfort_events"]), str(r["bradycardia_events"]),
+                      str(r["discomfort_events"]),
+                      f"{r['bradycardia_events']} ({r['stim_bradycardia_events']})",
                       f"{r['rescue_doses']} ({r['rescue_doses_baseline']})",
                       "-" if r["non_responders_found"] is None else str(r["non_responders_found"]),
                       str(r["limit_violations"])))
